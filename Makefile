@@ -1,0 +1,46 @@
+# The README's two commands: `make run` (set up, demo roster, dagster dev) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned to the CPU/CUDA build this machine keeps on disk; a newer one is a multi-GB download.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
+PORT ?= 3000
+PYTEST_ARGS ?=
+MANIFESTS_DIR ?= deploy/manifests
+export DAGSTER_HOME
+
+.PHONY: install run demo test test-fast manifests dagster-home clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH_SPEC)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+dagster-home:
+	mkdir -p $(DAGSTER_HOME)
+	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+
+run: install dagster-home
+	$(BIN)/hydra demo-data
+	$(BIN)/dagster dev -w workspace.yaml -p $(PORT)
+
+demo: install dagster-home
+	$(BIN)/hydra demo
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+# The step Job of every GPU asset, as dagster-k8s builds it from deploy/values.yaml.
+manifests: install
+	$(BIN)/python deploy/render_manifests.py $(MANIFESTS_DIR)
+
+clean:
+	rm -rf var

@@ -1,0 +1,71 @@
+"""Overnight schedule tick time against the number of queens and the history behind them.
+
+    .venv/bin/python bench/schedule_tick.py [--queens 1000] [--history 3]
+
+Prints the median tick time for 10% of the queens and for all of them, then again after
+``history`` more LoRA versions per queen; the last lines are ratios measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import time
+from zoneinfo import ZoneInfo
+
+import dagster as dg
+
+from hydra_assets.partitions import QUEENS
+from hydra_assets.settings import SETTINGS
+from sensors.overnight import build_overnight_schedule
+
+REPEATS = 5
+
+
+def tick_seconds(schedule, instance) -> float:
+    moment = dt.datetime(2026, 11, 20, 22, tzinfo=ZoneInfo(SETTINGS.timezone))
+    timings = []
+    for _ in range(REPEATS):
+        started = time.perf_counter()
+        schedule(dg.build_schedule_context(instance=instance, scheduled_execution_time=moment))
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings)
+
+
+def instance_with(instance: dg.DagsterInstance, queens: list[str], versions: int) -> None:
+    instance.add_dynamic_partitions(QUEENS, queens)
+    for version in range(versions):
+        for queen in queens:
+            instance.report_runless_asset_event(
+                dg.AssetMaterialization("queen_lora", partition=queen, metadata={"version": version + 1})
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--queens", type=int, default=1000)
+    parser.add_argument("--history", type=int, default=3, help="extra LoRA versions per queen")
+    args = parser.parse_args()
+    schedule = build_overnight_schedule(dg.DefaultScheduleStatus.STOPPED)
+    small = max(1, args.queens // 10)
+    with dg.instance_for_test() as few, dg.instance_for_test() as many:
+        instance_with(few, [f"queen-{i:05d}" for i in range(small)], 1)
+        all_queens = [f"queen-{i:05d}" for i in range(args.queens)]
+        instance_with(many, all_queens, 1)
+        t_small, t_full = tick_seconds(schedule, few), tick_seconds(schedule, many)
+        print(f"{small} queens: {t_small * 1000:.1f} ms per tick")
+        print(f"{args.queens} queens: {t_full * 1000:.1f} ms per tick")
+        for version in range(args.history):
+            for queen in all_queens:
+                many.report_runless_asset_event(
+                    dg.AssetMaterialization("queen_lora", partition=queen, metadata={"version": version + 2})
+                )
+        t_history = tick_seconds(schedule, many)
+        print(f"{args.queens} queens after {args.history} more LoRA versions each: {t_history * 1000:.1f} ms per tick")
+    print(f"ratio queens x{args.queens // small}: {t_full / t_small:.2f}")
+    print(f"ratio history x{args.history + 1}: {t_history / t_full:.2f}")
+
+
+if __name__ == "__main__":
+    main()

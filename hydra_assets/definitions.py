@@ -1,0 +1,121 @@
+"""The code location: one Definitions, resources picked by HYDRA_ENV in this one place."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+
+from dagster_k8s import k8s_job_executor
+
+from hydra_assets.generation import generated_images
+from hydra_assets.lora import queen_lora
+from hydra_assets.quality import QUALITY_ASSETS
+from hydra_assets.queen_profile import queen_profile
+from hydra_assets.references import reference_identity, reference_images
+from hydra_assets.settings import SETTINGS, Settings
+from hydra_assets.voice import voice_lines
+from jobs import ALL_JOBS
+from resources.alerts import WebhookNotifier
+from resources.catalog import CatalogResource
+from resources.face import DlibFaceBackend, InsightFaceBackend
+from resources.image_generation import ComfyUIBackend, DemoRenderer
+from resources.lora_training import LoraTrainer
+from resources.metrics import MetricsPusher
+from resources.scoring import ClassicalTechnical, ImageStatsAestheticProxy, LaionAesthetic, Musiq
+from resources.storage import HydraStorage
+from resources.voice import EspeakBackend, GptSovitsBackend
+from sensors import (
+    build_lora_ready_sensor,
+    build_low_approval_sensor,
+    build_overnight_schedule,
+    build_report_after_overnight_sensor,
+    build_roster_sensor,
+    build_run_failure_sensor,
+    roster_index,
+)
+
+ASSETS = [
+    queen_profile,
+    reference_images,
+    reference_identity,
+    roster_index,
+    queen_lora,
+    generated_images,
+    *QUALITY_ASSETS,
+    voice_lines,
+]
+
+
+def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
+    """Embedded default: files under ./var, SQLite catalog, dlib faces; no GPU, server or network."""
+    return {
+        "storage": HydraStorage(root=settings.storage_root, roster_dir=settings.roster_dir),
+        "catalog": CatalogResource(url=settings.catalog_url),
+        "face": DlibFaceBackend(),
+        "webhook": WebhookNotifier(url=settings.webhook_url),
+        "metrics": MetricsPusher(pushgateway_url=settings.pushgateway_url),
+        # A tiny diffusion model built in code: the real training loop, on CPU, in seconds.
+        "lora_trainer": LoraTrainer(base_model="tiny", max_steps=50, max_resolution=64, batch_size=2, cpu_threads=1),
+        "image_backend": DemoRenderer(),
+        "aesthetic": ImageStatsAestheticProxy(),
+        "technical": ClassicalTechnical(),
+        "voice": EspeakBackend(),
+    }
+
+
+def cluster_resources() -> dict[str, Any]:
+    """The studio's cluster: every location and secret from the pod's environment."""
+    return {
+        "storage": HydraStorage(root=dg.EnvVar("HYDRA_STORAGE_ROOT"), roster_dir=dg.EnvVar("HYDRA_ROSTER_DIR")),
+        "catalog": CatalogResource(url=dg.EnvVar("HYDRA_CATALOG_URL")),
+        "face": InsightFaceBackend(model_root=dg.EnvVar("HYDRA_INSIGHTFACE_ROOT")),
+        "webhook": WebhookNotifier(url=dg.EnvVar("HYDRA_WEBHOOK_URL")),
+        "metrics": MetricsPusher(pushgateway_url=dg.EnvVar("HYDRA_PUSHGATEWAY_URL")),
+        "lora_trainer": LoraTrainer(
+            base_model="sdxl",
+            model_path=dg.EnvVar("HYDRA_SDXL_MODEL_PATH"),
+            mixed_precision="bf16",
+            batch_size=1,
+            gradient_checkpointing=True,
+            log_every=50,
+        ),
+        "image_backend": ComfyUIBackend(base_url=dg.EnvVar("HYDRA_COMFYUI_URL")),
+        "aesthetic": LaionAesthetic(
+            clip_checkpoint_path=dg.EnvVar("HYDRA_CLIP_CHECKPOINT"), mlp_path=dg.EnvVar("HYDRA_LAION_MLP")
+        ),
+        "technical": Musiq(model_path=dg.EnvVar("HYDRA_MUSIQ_WEIGHTS")),
+        "voice": GptSovitsBackend(url=dg.EnvVar("HYDRA_GPT_SOVITS_URL")),
+    }
+
+
+EXECUTOR_BY_ENV = {"local": None, "cluster": k8s_job_executor}
+"""Embedded: Dagster's default multiprocess executor. Cluster: one pod per step, so each GPU
+asset's step gets the pod its workload profile describes (dagster-k8s/config op tags)."""
+
+
+def build_definitions(resources: Mapping[str, Any], *, env: str = "local") -> dg.Definitions:
+    """Sensors and the schedule run by default in the embedded profile; on the cluster an operator turns them on."""
+    running = env == "local"
+    sensor_status = dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
+    schedule_status = dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
+    return dg.Definitions(
+        assets=ASSETS,
+        jobs=ALL_JOBS,
+        schedules=[build_overnight_schedule(schedule_status)],
+        sensors=[
+            build_roster_sensor(sensor_status),
+            build_lora_ready_sensor(sensor_status),
+            build_report_after_overnight_sensor(sensor_status),
+            build_low_approval_sensor(sensor_status),
+            build_run_failure_sensor(sensor_status),
+        ],
+        resources=dict(resources),
+        executor=EXECUTOR_BY_ENV[env],
+    )
+
+
+RESOURCES_BY_ENV = {"local": local_resources, "cluster": cluster_resources}
+
+defs = build_definitions(RESOURCES_BY_ENV[SETTINGS.env](), env=SETTINGS.env)

@@ -1,0 +1,290 @@
+"""generated_images: one queen's overnight batch, made by the configured image backend.
+
+Re-materializing a partition redoes only what is missing: an image whose slot and
+parameters are unchanged and whose file still matches its recorded sha256 is reused, and an
+image written just before a crash (file on disk, manifest not yet updated) is adopted from
+its PNG chunk. The manifest is rewritten after every image, so a killed run resumes where it
+stopped.
+"""
+
+import logging
+import time
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from PIL import Image
+from pydantic import Field
+
+from hydra_assets.domain import generation as gen
+from hydra_assets.domain.images import contact_sheet
+from hydra_assets.domain.metrics import PipelineMetrics
+from hydra_assets.domain.roster import RosterError
+from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, atomic_write_json, read_json
+from hydra_assets.gpu import gpu_asset_kwargs
+from hydra_assets.metadata import markdown_table, png_preview
+from hydra_assets.partitions import queen_nights_partitions
+from resources.image_generation import ImageBackend
+from resources.metrics import MetricsPusher
+from resources.storage import HydraStorage
+
+CONTACT_SHEET_LIMIT = 24
+CHECK_NAME = "all_planned_images_generated"
+with warnings.catch_warnings():
+    # Beta in Dagster 1.13, and exactly the mapping a queen × night asset needs onto a per-queen one.
+    warnings.simplefilter("ignore", dg.BetaWarning)
+    QUEEN_DIMENSION = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="queen")
+
+
+class GenerationConfig(dg.Config):
+    per_night_budget: int = Field(default=48, ge=0, description="Most images per queen per night; targets are scaled to fit.")
+    asset_types: list[str] = Field(
+        default_factory=lambda: list(gen.DEFAULT_ASSET_TYPES), description="Types to make, each from the queen's target_<type>s."
+    )
+    steps: int = Field(default=30, ge=1, le=200)
+    cfg: float = Field(default=6.5, ge=0.0, le=30.0)
+    sampler: str = "dpmpp_2m"
+    scheduler: str = "karras"
+    width: int = Field(default=1024, ge=64, le=4096, multiple_of=8, description="Latents are 1/8 of the image.")
+    height: int = Field(default=1024, ge=64, le=4096, multiple_of=8)
+
+    def sampling(self) -> gen.Sampling:
+        return gen.Sampling(self.steps, self.cfg, self.sampler, self.scheduler, self.width, self.height)
+
+
+@dataclass
+class PartitionRun:
+    """What one materialization did to a partition folder."""
+
+    manifest: gen.PartitionManifest
+    reused: list[str] = field(default_factory=list)
+    new: list[str] = field(default_factory=list)
+    model_seconds: float = 0.0
+    backend_error: str | None = None
+
+
+def current_lora(layout: StorageLayout, slug: str, strength: float) -> gen.LoraSpec | None:
+    """The LoRA queen_lora last published for the queen, or None before the first one."""
+    path = layout.lora_info_path(slug)
+    try:
+        info = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: unreadable LoRA info ({exc})") from exc
+    if info is None:
+        return None
+    return gen.lora_spec_from_info(info, layout.lora_path(slug).parent, strength, path)
+
+
+def generate_partition(
+    plan: Sequence[gen.GenerationRequest],
+    folder: Path,
+    header: dict[str, Any],
+    backend: ImageBackend,
+    log: Any = None,
+) -> PartitionRun:
+    """Reuse what is valid on disk, make the rest, and keep the manifest current after each image."""
+    log = log or logging.getLogger(__name__)
+    manifest_path = Path(folder) / gen.MANIFEST_NAME
+    try:
+        previous = gen.read_manifest(manifest_path)
+    except ValueError as exc:
+        log.warning(str(exc))
+        previous = None
+    recorded = {entry.get("image_id"): entry for entry in (previous or {}).get("images", [])}
+    run = PartitionRun(gen.PartitionManifest(header, list(plan), superseded=gen.superseded_entries(previous, plan, folder)))
+
+    todo = []
+    for request in plan:
+        entry = recorded.get(request.image_id)
+        if entry is not None and gen.valid_entry(entry, folder, request):
+            run.manifest.record_image(entry)
+        elif (recovered := gen.recover_entry(folder, request)) is not None:
+            run.manifest.record_image(recovered)
+        else:
+            todo.append(request)
+            continue
+        run.reused.append(request.image_id)
+    atomic_write_json(manifest_path, run.manifest.to_document())
+
+    remaining = {request.image_id: request for request in todo}
+    try:
+        for result in backend.generate(todo, log=log):
+            request = result.request
+            remaining.pop(request.image_id, None)
+            run.model_seconds += result.model_seconds
+            if result.error is not None or result.image is None:
+                error = result.error or f"{backend.backend_name()} returned no image"
+                log.warning(f"{request.image_id}: {error}")
+                run.manifest.record_failure(gen.failure_entry(request, error))
+            else:
+                png = gen.encode_png(result.image, request.params, result.details)
+                atomic_write_bytes(Path(folder) / request.file, png)
+                run.manifest.record_image(
+                    gen.manifest_entry(request, png, result.image.width, result.image.height, gen.utc_now(), result.details)
+                )
+                run.new.append(request.image_id)
+            atomic_write_json(manifest_path, run.manifest.to_document())
+    except Exception as exc:  # the backend as a whole broke (no model, server gone): record, then judge below
+        run.backend_error = f"{type(exc).__name__}: {exc}"
+        log.error(f"{backend.backend_name()} stopped: {run.backend_error}")
+        for request in remaining.values():
+            run.manifest.record_failure(gen.failure_entry(request, run.backend_error))
+        atomic_write_json(manifest_path, run.manifest.to_document())
+    return run
+
+
+def _sheet(folder: Path, entries: list[dict[str, Any]]) -> bytes:
+    thumbs = []
+    for entry in entries[:CONTACT_SHEET_LIMIT]:
+        with Image.open(folder / entry["file"]) as image:
+            image.draft("RGB", (192, 192))
+            thumb = image.convert("RGB")
+        thumb.thumbnail((192, 192))
+        degraded = (entry.get("details") or {}).get("degraded")
+        thumbs.append((thumb, f"{entry['asset_type']}-{entry['index']:03d}" + (f" {degraded}" if degraded else "")))
+    return contact_sheet(thumbs)
+
+
+@dg.asset(
+    partitions_def=queen_nights_partitions,
+    group_name="generation",
+    deps=[
+        dg.AssetDep("queen_profile", partition_mapping=QUEEN_DIMENSION),
+        dg.AssetDep("queen_lora", partition_mapping=QUEEN_DIMENSION),
+    ],
+    kinds={"png"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            CHECK_NAME,
+            asset="generated_images",
+            description="Every image planned for the night was made (failed ones are listed in the manifest).",
+        )
+    ],
+    description=(
+        "Tonight's images of one queen (portraits, expressions, poses; types are configuration): her targets "
+        "capped by the per-night budget, prompts from her DNA, her current LoRA, seeds fixed per slot. "
+        "Each image is a PNG with its parameters, listed with its sha256 in the partition's manifest."
+    ),
+    **gpu_asset_kwargs("image-generation-sdxl"),
+)
+def generated_images(
+    context: dg.AssetExecutionContext,
+    config: GenerationConfig,
+    storage: HydraStorage,
+    image_backend: ImageBackend,
+    metrics: MetricsPusher,
+):
+    keys = queen_nights_partitions.get_partition_key_from_str(context.partition_key).keys_by_dimension
+    slug, night = keys["queen"], keys["night"]
+    layout = storage.layout
+    try:
+        queen = storage.load_queen(slug)
+    except RosterError as error:
+        raise dg.Failure(description=str(error), metadata={"file": str(error.path), "field": error.field}) from error
+
+    references_path = layout.reference_manifest(slug)
+    references = read_json(references_path)
+    if references is None:
+        raise dg.Failure(f"{references_path} is missing: materialize reference_images for {slug} first")
+    try:
+        lora = current_lora(layout, slug, queen.generation_config.lora_strength)
+    except ValueError as error:
+        raise dg.Failure(str(error)) from error
+    # The demo renderer derives from photos; skip the ones reference_identity found no face in.
+    identity = read_json(layout.identity_dir(slug) / "identity.json") or {}
+
+    try:
+        asset_types = gen.check_asset_types(config.asset_types)
+    except ValueError as error:
+        raise dg.Failure(f"generated_images config: {error}") from error
+    counts = gen.nightly_counts(queen.generation_config.targets, asset_types, config.per_night_budget)
+    generative = type(image_backend).generative
+    plan = gen.plan_night(
+        queen=queen,
+        night=night,
+        counts=counts,
+        sampling=config.sampling(),
+        model=image_backend.model_name(),
+        backend=image_backend.backend_name(),
+        generative=generative,
+        lora=lora if generative else None,  # a non-generative renderer uses no LoRA; its images must not claim one
+        reference_set_hash=references["reference_set_hash"],
+        references=gen.references_by_type(
+            references.get("entries", []), layout.normalized_references(slug), list(counts), identity.get("no_face", [])
+        ),
+    )
+    header = {
+        "queen": slug,
+        "night": night,
+        "backend": image_backend.backend_name(),
+        "backend_kind": image_backend.backend_kind(),
+        "model": image_backend.model_name(),
+        "generative": generative,
+        "reference_set_hash": references["reference_set_hash"],
+        "lora": lora.to_manifest() if lora else None,
+        "planned": counts,
+    }
+    folder = layout.generated_dir(night, slug)
+    context.log.info(f"{slug} × {night}: {len(plan)} images planned {counts} with {image_backend.backend_name()}")
+    started = time.perf_counter()
+    run = generate_partition(plan, folder, header, image_backend, log=context.log)
+    dashboard = PipelineMetrics()
+    dashboard.generation_duration.labels("generation", slug).observe(time.perf_counter() - started)
+    pushed = metrics.push(dashboard, {"queen": slug, "night": night, "task": "generation"})
+
+    document = run.manifest.to_document()
+    entries, failed = document["images"], document["failed"]
+    failures = markdown_table(
+        [{"image": f["image_id"], "error": f["error"][:300]} for f in failed], ["image", "error"]
+    )
+    if plan and not entries:
+        raise dg.Failure(
+            description=f"no image of {slug} × {night} could be made; first error: {failed[0]['error'] if failed else '?'}",
+            metadata={"failed": len(failed), "failures": failures, "manifest": dg.MetadataValue.path(str(folder / gen.MANIFEST_NAME))},
+        )
+    type_of = {request.image_id: request.asset_type for request in plan}
+    tallies = {
+        "present": Counter(entry["asset_type"] for entry in entries),
+        "new": Counter(type_of[i] for i in run.new),
+        "reused": Counter(type_of[i] for i in run.reused),
+        "failed": Counter(f["asset_type"] for f in failed),
+    }
+    per_type = {t: {"planned": n, **{name: tally.get(t, 0) for name, tally in tallies.items()}} for t, n in counts.items()}
+    degraded = sum(1 for e in entries if (e.get("details") or {}).get("degraded"))
+    complete = not failed
+    return dg.MaterializeResult(
+        metadata={
+            "images": len(entries),
+            "per_type": dg.MetadataValue.json(per_type),
+            "new": len(run.new),
+            "reused": len(run.reused),
+            "failed": len(failed),
+            "failures": failures,
+            "backend": image_backend.backend_name(),
+            "backend_kind": image_backend.backend_kind(),
+            "generative": generative,
+            "model": image_backend.model_name(),
+            "model_seconds": round(run.model_seconds, 3),
+            "lora_version": lora.version if lora else None,
+            "reference_set_hash": references["reference_set_hash"],
+            **({"degraded_on_purpose": degraded} if not generative else {}),
+            "manifest": dg.MetadataValue.path(str(folder / gen.MANIFEST_NAME)),
+            "contact_sheet": png_preview(_sheet(folder, entries), f"{slug} {night}"),
+            "metrics": dg.MetadataValue.json(dashboard.samples()),
+            "metrics_pushed": pushed,
+        },
+        data_version=dg.DataVersion(gen.images_data_version(entries)[:16]),
+        check_results=[
+            dg.AssetCheckResult(
+                check_name=CHECK_NAME,
+                passed=complete,
+                severity=dg.AssetCheckSeverity.WARN,
+                description=None if complete else f"{len(failed)} of {len(plan)} images failed; re-materialize to retry them",
+                metadata={"planned": len(plan), "present": len(entries), "failed": len(failed)},
+            )
+        ],
+    )

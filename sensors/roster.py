@@ -1,0 +1,114 @@
+"""roster_sensor: the roster folder drives the queens partitions and the reference runs.
+
+It owns the dynamic ``queens`` partitions (assets never add them), requests a reference run
+only for queens whose roster file or reference folder changed in content, and reports
+removed roster files instead of deleting partitions: deleting a partition would hide the
+queen's history in the UI.
+"""
+
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from hydra_assets.domain.fingerprints import content_digest, fingerprint_files, folder_files
+from hydra_assets.domain.roster import RosterError, is_valid_slug, load_queen, roster_files, slug_for_file
+from hydra_assets.partitions import QUEENS, queens_partitions
+from jobs import queen_reference_job
+from resources.storage import HydraStorage
+
+CURSOR_VERSION = 1
+ROSTER_INDEX = dg.AssetKey("roster_index")
+
+roster_index = dg.AssetSpec(
+    ROSTER_INDEX,
+    group_name="roster",
+    kinds={"yaml"},
+    description="What the roster sensor saw: queens in the roster, files removed from it, files it could not use.",
+)
+
+
+def _load_cursor(raw: str | None) -> dict:
+    if not raw:
+        return {}
+    cursor = json.loads(raw)
+    return cursor.get("queens", {}) if cursor.get("v") == CURSOR_VERSION else {}
+
+
+def build_roster_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="roster_sensor",
+        job=queen_reference_job,
+        minimum_interval_seconds=30,
+        default_status=default_status,
+        description="Adds a queens partition per roster file and materializes references when they change.",
+    )
+    def roster_sensor(context: dg.SensorEvaluationContext, storage: HydraStorage) -> dg.SensorResult:
+        previous = _load_cursor(context.cursor)
+        reference_root = storage.layout.root / "reference_images"
+        current: dict[str, dict] = {}
+        run_requests: list[dg.RunRequest] = []
+        invalid: list[dict[str, str]] = []
+        hashed = 0
+
+        for path in roster_files(Path(storage.roster_dir)):
+            slug = slug_for_file(path)
+            if not is_valid_slug(slug):
+                invalid.append({"file": str(path), "error": f"file name {slug!r} is not a valid slug"})
+                continue
+            before = previous.get(slug, {})
+            roster_stats, n_roster = fingerprint_files({path.name: path}, before.get("roster"))
+            ref_stats, n_refs = fingerprint_files(folder_files(reference_root / slug), before.get("refs"))
+            hashed += n_roster + n_refs
+            digest = content_digest({**{f"roster/{k}": v for k, v in roster_stats.items()}, **ref_stats})
+            generation = before.get("gen", 0)
+            current[slug] = {"roster": roster_stats, "refs": ref_stats, "digest": digest, "gen": generation}
+            if before.get("digest") == digest:
+                continue
+            try:
+                load_queen(path)
+            except RosterError as error:
+                invalid.append({"file": str(path), "error": str(error)})
+                context.log.warning(f"roster file not usable, no run requested: {error}")
+                continue
+            # The generation makes the key unique per change, so going back to an earlier
+            # content (A → B → A) still gets its run instead of being deduplicated.
+            current[slug]["gen"] = generation + 1
+            run_requests.append(dg.RunRequest(run_key=f"{slug}:{generation + 1}:{digest}", partition_key=slug))
+
+        known = set(context.instance.get_dynamic_partitions(QUEENS))
+        new_partitions = sorted(set(current) - known)
+        removed = sorted(set(previous) - set(current))
+        for slug in removed:
+            context.log.warning(
+                f"roster file for {slug!r} was removed; its partition and outputs are kept (delete them in the UI)"
+            )
+        for slug in sorted(p.name for p in reference_root.glob("*") if p.is_dir() and p.name not in current):
+            context.log.info(f"reference folder {reference_root / slug} has no roster file; ignored")
+
+        asset_events = []
+        if new_partitions or removed or invalid or not context.cursor:
+            asset_events.append(
+                dg.AssetMaterialization(
+                    asset_key=ROSTER_INDEX,
+                    metadata={
+                        "queens": len(current),
+                        "added": dg.MetadataValue.json(new_partitions),
+                        "removed": dg.MetadataValue.json(removed),
+                        "invalid": dg.MetadataValue.json(invalid),
+                    },
+                )
+            )
+        context.log.info(
+            f"{len(current)} queens, {len(new_partitions)} new, {len(run_requests)} changed, "
+            f"{len(removed)} removed, {hashed} files hashed"
+        )
+        return dg.SensorResult(
+            run_requests=run_requests,
+            dynamic_partitions_requests=[queens_partitions.build_add_request(new_partitions)] if new_partitions else [],
+            asset_events=asset_events,
+            cursor=json.dumps({"v": CURSOR_VERSION, "queens": current}, separators=(",", ":")),
+        )
+
+    return roster_sensor

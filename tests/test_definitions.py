@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from hydra_assets.settings import load_settings
+from tests.helpers import hydra_definitions
+
+REPO = Path(__file__).resolve().parents[1]
+DAGSTER = Path(sys.executable).with_name("dagster")
+
+
+def test_definitions_hold_the_spine(tmp_path):
+    defs = hydra_definitions(tmp_path)
+    graph = defs.resolve_asset_graph()
+    keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert {"queen_profile", "reference_images", "reference_identity", "roster_index"} <= keys
+    assert graph.get(dg.AssetKey("reference_identity")).parent_keys == {dg.AssetKey("reference_images")}
+    assert defs.resolve_job_def("queen_reference_job").partitions_def.name == "queens"
+    sensor = defs.resolve_sensor_def("roster_sensor")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    check_keys = {key.name for key in graph.asset_check_keys}
+    assert "enough_reference_faces" in check_keys
+
+
+def test_every_stage_is_in_the_one_definitions(tmp_path):
+    defs = hydra_definitions(tmp_path)
+    keys = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    assert {"queen_lora", "generated_images", "image_scores", "approved_images", "quality_report", "voice_lines"} <= keys
+    overnight = defs.resolve_job_def("overnight_job")
+    assert overnight.tags["hydra/overnight"] == "true" and int(overnight.tags["dagster/priority"]) > 0
+    assert {node.name for node in overnight.graph.node_dict.values()} == {
+        "generated_images", "image_scores", "approved_images"}
+    lora_tags = defs.resolve_job_def("queen_lora_job").partitioned_config.get_tags_for_partition_key("ada")
+    assert lora_tags["hydra/lora-queen"] == "ada"
+    assert defs.resolve_schedule_def("overnight_schedule").job_name == "overnight_job"
+    for name in ("lora_ready_sensor", "report_after_overnight_sensor", "low_approval_sensor", "run_failure_sensor"):
+        assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
+
+
+def test_cluster_runs_every_step_in_its_own_pod(tmp_path):
+    from dagster_k8s import k8s_job_executor
+
+    from hydra_assets.definitions import build_definitions, cluster_resources
+
+    defs = build_definitions(cluster_resources(), env="cluster")
+    assert defs.resolve_job_def("overnight_job").executor_def is k8s_job_executor
+    assert defs.resolve_sensor_def("roster_sensor").default_status == dg.DefaultSensorStatus.STOPPED
+    assert build_definitions(cluster_resources(), env="local").resolve_job_def("overnight_job").executor_def is not k8s_job_executor
+
+
+def test_unknown_environment_is_refused():
+    with pytest.raises(ValueError, match="HYDRA_ENV must be one of local, cluster"):
+        load_settings({"HYDRA_ENV": "staging"})
+
+
+def run_validate(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
+    environment = {
+        **os.environ,
+        "DAGSTER_HOME": str(tmp_path),
+        "HYDRA_ROSTER_DIR": str(tmp_path / "roster"),
+        "HYDRA_STORAGE_ROOT": str(tmp_path / "storage"),
+        "HYDRA_CATALOG_URL": f"sqlite:///{tmp_path / 'catalog.db'}",
+        **env,
+    }
+    return subprocess.run(
+        [str(DAGSTER), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_dagster_definitions_validate_local(tmp_path):
+    result = run_validate(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_dagster_definitions_validate_cluster(tmp_path):
+    result = run_validate(
+        tmp_path,
+        HYDRA_ENV="cluster",
+        HYDRA_INSIGHTFACE_ROOT="/models/insightface",
+        HYDRA_CATALOG_URL="postgresql://hydra:secret@db:5432/hydra",
+        HYDRA_WEBHOOK_URL="https://chat.example/hooks/dummy",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

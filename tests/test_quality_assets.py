@@ -1,0 +1,412 @@
+"""image_scores, approved_images and quality_report on a night of images derived from the demo references.
+
+The generated_images manifest is written here in the shape its asset writes (the contract in
+hydra_assets/quality.py's docstring), and so is the queen's identity, so these tests need
+neither a generator nor the reference job; the slow test runs the real reference job instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+from hydra_assets.domain.demo_data import write_demo_data
+from hydra_assets.domain.roster import load_queen
+from hydra_assets.domain.storage import StorageLayout, atomic_write_json, sha256_file
+from hydra_assets.partitions import QUEENS, queen_night_key
+from hydra_assets.quality import approved_images, image_scores, publish_file, quality_report
+from resources.catalog import CatalogResource
+from resources.face import DlibFaceBackend
+from resources.metrics import MetricsPusher
+from resources.scoring import ClassicalTechnical, ImageStatsAestheticProxy
+from resources.storage import HydraStorage
+
+SLUG = "nova-sterling"
+NIGHT = "2026-11-20"
+NEXT_NIGHT = "2026-11-21"
+SIZE = 512
+FACE = DlibFaceBackend(upsample_times=0)  # the demo faces are large: 4x faster than the default
+
+DUPLICATE_PAIR = ("portrait-000", "portrait-001")
+"""A sharp copy of the front reference and the same shifted by one pixel: one of them is kept."""
+EXPECTED_REASONS = {
+    "portrait-002": "technical<70",  # blurred
+    "expression-000": "technical<70",  # noisy
+    "expression-001": "aesthetic<6.5",  # dark and flat
+    "expression-002": "unreadable",  # not a PNG at all
+    "pose-000": "no_face",  # the background crop
+    "pose-001": "face<0.7",  # Grace Hopper
+    "pose-002": None,  # mirrored
+}
+
+
+def check_reasons(scores: pd.DataFrame) -> tuple[str, str]:
+    """Every image's expected reason; returns (kept, duplicate) ids of the shifted pair."""
+    reasons = dict(zip(scores["image_id"], scores["rejection_reason"]))
+    pair = [image_id(short) for short in DUPLICATE_PAIR]
+    assert {k: v for k, v in reasons.items() if k not in pair} == {
+        image_id(short): reason for short, reason in EXPECTED_REASONS.items()
+    }
+    by_id = scores.set_index("image_id")
+    kept, duplicate = sorted(pair, key=lambda i: reasons[i] is not None)
+    assert (reasons[kept], reasons[duplicate]) == (None, "near_duplicate")
+    assert by_id.loc[duplicate, "near_duplicate_of"] == kept
+    assert by_id.loc[kept, "composite_score"] >= by_id.loc[duplicate, "composite_score"]
+    return kept, duplicate
+
+
+def image_id(short: str, night: str = NIGHT) -> str:
+    asset_type, index = short.split("-")
+    return f"{SLUG}-{night}-{asset_type}-{index}"
+
+
+def square(path: Path) -> Image.Image:
+    image = Image.open(path).convert("RGB")
+    return ImageOps.fit(image, (SIZE, SIZE), Image.Resampling.LANCZOS)
+
+
+def derived_images(references: Path) -> dict[str, Image.Image | bytes]:
+    front = square(references / SLUG / "portraits" / "front.png")
+    pixels = np.asarray(front)
+    noisy = pixels + np.random.default_rng(0).normal(0, 14, pixels.shape)
+    return {
+        "portrait-000": front,
+        "portrait-001": Image.fromarray(np.concatenate([pixels[:, 1:], pixels[:, -1:]], axis=1)),
+        "portrait-002": front.filter(ImageFilter.GaussianBlur(3)),
+        "expression-000": Image.fromarray(np.clip(noisy, 0, 255).astype(np.uint8)),
+        "expression-001": ImageEnhance.Contrast(ImageEnhance.Brightness(front).enhance(0.45)).enhance(0.8),
+        "expression-002": b"this is not an image",
+        "pose-000": square(references / SLUG / "full_body" / "backdrop.png"),
+        "pose-001": square(references / "ada-marlowe" / "portraits" / "front.png"),
+        "pose-002": ImageOps.mirror(front),
+    }
+
+
+def write_night(layout: StorageLayout, night: str, images: dict[str, Image.Image | bytes]) -> dict:
+    """Images and manifest.json exactly where and how generated_images writes them."""
+    folder = layout.generated_dir(night, SLUG)
+    entries = []
+    for index, (short, image) in enumerate(images.items()):
+        asset_type, number = short.split("-")
+        params_hash = f"{index:08x}" + "0" * 56
+        file = f"{asset_type}/{image_id(short, night)}-{params_hash[:8]}.png"
+        if isinstance(image, bytes):
+            data = image
+        else:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG", pnginfo=None)
+            data = buffer.getvalue()
+        (folder / file).parent.mkdir(parents=True, exist_ok=True)
+        (folder / file).write_bytes(data)
+        params = {"prompt": f"studio portrait photo, {asset_type}", "negative": "cartoon", "seed": 1000 + index,
+                  "steps": 30, "cfg": 6.5, "width": SIZE, "height": SIZE, "asset_type": asset_type}
+        entries.append({
+            "image_id": image_id(short, night), "asset_type": asset_type, "index": int(number), "seed": 1000 + index,
+            "file": file, "sha256": sha256_file(folder / file), "size_bytes": len(data), "width": SIZE,
+            "height": SIZE, "params_hash": params_hash, "params": params, "generated_at": f"{night}T22:03:11+00:00",
+        })
+    manifest = {"queen": SLUG, "night": night, "backend": "test-fixture", "backend_kind": "demo", "lora": None,
+                "images": entries, "failed": [{"image_id": "x", "asset_type": "pose", "index": 9, "error": "timeout"}]}
+    atomic_write_json(folder / "manifest.json", manifest)
+    return manifest
+
+
+def write_identity(layout: StorageLayout, references: Path) -> None:
+    """identity.npz as reference_identity writes it: the mean unit vector under ``mean``."""
+    names = ["portraits/front.png", "portraits/close-up.jpg", "full_body/warm-light.jpg"]
+    faces = FACE.embed_largest_faces([np.asarray(Image.open(references / SLUG / n).convert("RGB")) for n in names])
+    mean = np.mean([f.embedding for f in faces], axis=0)
+    buffer = io.BytesIO()
+    np.savez(buffer, mean=(mean / np.linalg.norm(mean)).astype(np.float32))
+    layout.identity_dir(SLUG).mkdir(parents=True, exist_ok=True)
+    (layout.identity_dir(SLUG) / "identity.npz").write_bytes(buffer.getvalue())
+
+
+def quality_resources(root: Path) -> dict:
+    return {
+        "storage": HydraStorage(root=str(root / "storage"), roster_dir=str(root / "roster")),
+        "catalog": CatalogResource(url=f"sqlite:///{root / 'catalog.db'}"),
+        "face": FACE,
+        "aesthetic": ImageStatsAestheticProxy(),
+        "technical": ClassicalTechnical(),
+        "metrics": MetricsPusher(),
+    }
+
+
+@pytest.fixture(scope="module")
+def scored_night(tmp_path_factory) -> tuple[Path, dict]:
+    """Demo roster, identity, one night of images, the queen's catalog row, and image_scores run
+    once over them (face detection is most of a test's time, so the night is scored only here)."""
+    root = tmp_path_factory.mktemp("scored")
+    references = root / "storage" / "reference_images"
+    write_demo_data(root / "roster", references)
+    layout = StorageLayout(root / "storage")
+    write_identity(layout, references)
+    write_night(layout, NIGHT, derived_images(references))
+    resources = quality_resources(root)
+    resources["catalog"].upsert_queen(load_queen(root / "roster" / f"{SLUG}.yaml"))
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(QUEENS, [SLUG])
+        result = dg.materialize([image_scores], partition_key=queen_night_key(SLUG, NIGHT), resources=resources,
+                                instance=instance)
+        assert result.success
+    resources["catalog"].dispose()
+    return root, metadata(result, "image_scores")
+
+
+@pytest.fixture
+def night(scored_night, tmp_path):
+    """A private copy of the scored night, with its own Dagster instance."""
+    prepared, _ = scored_night
+    root = tmp_path / "night"
+    shutil.copytree(prepared, root)
+    resources = quality_resources(root)
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        instance.add_dynamic_partitions(QUEENS, [SLUG])
+        yield {"layout": StorageLayout(root / "storage"), "resources": resources, "instance": instance,
+               "images": derived_images(root / "storage" / "reference_images"), "catalog_url": resources["catalog"].url}
+    resources["catalog"].dispose()
+
+
+def materialize(night, assets, partition_key, **kwargs) -> dg.ExecuteInProcessResult:
+    return dg.materialize(assets, partition_key=partition_key, resources=night["resources"],
+                          instance=night["instance"], **kwargs)
+
+
+def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
+    [event] = [e for e in result.get_asset_materialization_events() if e.asset_key.to_user_string() == asset]
+    return {k: getattr(v, "value", v) for k, v in event.event_specific_data.materialization.metadata.items()}
+
+
+def query(url: str, sql: str) -> list[tuple]:
+    engine = sa.create_engine(url)
+    with engine.connect() as connection:
+        rows = [tuple(r) for r in connection.execute(sa.text(sql))]
+    engine.dispose()
+    return rows
+
+
+def test_a_night_is_scored_gated_published_and_reported(scored_night, night):
+    layout: StorageLayout = night["layout"]
+    result = materialize(night, [approved_images], queen_night_key(SLUG, NIGHT))
+    assert result.success
+
+    scores = pd.read_parquet(layout.scores_path(NIGHT, SLUG))
+    kept, _ = check_reasons(scores)
+    by_id = scores.set_index("image_id")
+    assert set(scores["aesthetic_backend"]) == {"image-stats-aesthetic-proxy-v1"}
+    assert set(scores["technical_backend"]) == {"classical-technical-v1"}
+    assert set(scores["face_backend"]) == {"dlib-resnet-v1"}
+    assert set(scores["approval_method"]) == {"auto"}
+    approved = by_id[by_id["approved"]]
+    assert list(approved.index) == [kept, image_id("pose-002")]
+    assert approved["approved_at"].notna().all() and by_id.loc[~by_id["approved"], "approved_at"].isna().all()
+    assert json.loads(by_id.loc[image_id("pose-002"), "generation_params"])["seed"] == 1008
+
+    # the dashboards' numbers are in the run's metadata even with no Pushgateway configured
+    meta = result.asset_materializations_for_node("approved_images")[0].metadata
+    samples = meta["metrics"].value
+    assert meta["metrics_pushed"].value is False
+    assert sum(v for k, v in samples.items() if k.startswith("hydra_images_generated_total")) == len(scores)
+    assert samples[f'hydra_images_generated_total{{approved="true",asset_type="pose",queen_slug="{SLUG}"}}'] == 1
+    assert "hydra_queue_depth" in samples
+
+    _, scored = scored_night
+    assert (scored["generated"], scored["approved"], scored["scored"], scored["reused"]) == (9, 2, 8, 0)
+    assert scored["unreadable"] == [image_id("expression-002")] and scored["failed_in_generation"] == 1
+
+    # catalog rows mirror the parquet
+    rows = query(night["catalog_url"], "select file_path, approved, rejection_reason, seed, approval_method, "
+                 "file_hash, composite_score from generated_assets order by file_path")
+    assert len(rows) == 9
+    catalog_by_path = {r[0]: r[1:] for r in rows}
+    for record in scores.to_dict("records"):
+        approved_flag, reason, seed, method, file_hash, composite = catalog_by_path[record["file_path"]]
+        assert (bool(approved_flag), reason, seed, method, file_hash) == (
+            record["approved"], record["rejection_reason"], record["seed"], "auto", record["file_hash"])
+
+    # files: approved into the queen's folders (hard links), every image sorted into the night
+    generated = layout.generated_dir(NIGHT, SLUG)
+    portrait = next(generated.glob(f"portrait/{kept}-*.png"))
+    published = layout.approved_images(SLUG, "portraits") / portrait.name
+    assert published.is_file() and os.path.samefile(published, portrait)
+    assert sorted(p.name for p in layout.approved_images(SLUG, "poses").iterdir()) == [
+        next(generated.glob(f"pose/{image_id('pose-002')}-*.png")).name]
+    assert not layout.approved_images(SLUG, "expressions").exists()
+    assert len(list((layout.overnight(NIGHT) / "approved" / SLUG).iterdir())) == 2
+    assert len(list((layout.overnight(NIGHT) / "rejected" / SLUG).iterdir())) == 7
+    assert query(night["catalog_url"], "select portrait_count, expression_count, pose_count from queens "
+                 f"where slug = '{SLUG}'") == [(1, 0, 1)]
+
+    published_meta = metadata(result, "approved_images")
+    assert published_meta["approval_rate"] == pytest.approx(2 / 9)
+    assert published_meta["files"] == {"asset_linked": 2, "night_linked": 9}
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["approval_rate_at_least_half"].passed
+    assert checks["approval_rate_at_least_half"].severity == dg.AssetCheckSeverity.WARN
+    assert checks["every_image_scored_once"].passed and checks["scores_in_range"].passed
+
+    report = materialize(night, [quality_report], NIGHT)
+    assert report.success
+    text = layout.report_path(NIGHT).read_text()
+    assert "9 images generated, 2 approved, 7 rejected" in text and "| nova-sterling | 9 | 2 | 7 | 22% |" in text
+    assert "Alert:** approval rate below 50% for nova-sterling" in text
+    report_meta = metadata(report, "quality_report")
+    assert report_meta["rejection_reasons"] == {
+        "aesthetic<6.5": 1, "face<0.7": 1, "near_duplicate": 1, "no_face": 1, "technical<70": 2, "unreadable": 1}
+    assert report_meta["histogram"].startswith("![scores")
+    metrics = query(night["catalog_url"], "select queen_id is null, granularity, total_generated, total_approved, "
+                    "approval_rate, rejection_breakdown from quality_metrics order by queen_id is null")
+    assert [(m[0], m[1], m[2], m[3]) for m in metrics] == [(0, "daily", 9, 2), (1, "daily", 9, 2)]
+    assert json.loads(metrics[0][5])["technical<70"] == 2
+
+
+def test_rerun_with_manual_overrides_reuses_scores_and_moves_files(night):
+    layout: StorageLayout = night["layout"]
+    key = queen_night_key(SLUG, NIGHT)
+    assert materialize(night, [approved_images], key).success
+    kept, duplicate = check_reasons(pd.read_parquet(layout.scores_path(NIGHT, SLUG)))
+    published_before = sorted(p.name for p in layout.approved_images(SLUG, "portraits").iterdir())
+
+    layout.overrides_path(NIGHT, SLUG).parent.mkdir(parents=True)
+    layout.overrides_path(NIGHT, SLUG).write_text(
+        f"{image_id('portrait-002')}: {{decision: approve, by: maria, reason: soft focus is intended}}\n"
+        f"{kept}: {{decision: reject, by: li, reason: wrong outfit}}\n"
+    )
+    result = materialize(night, [image_scores, approved_images], key)
+    assert result.success
+    assert metadata(result, "image_scores")["reused"] == 8  # every readable image: no model ran again
+    scores = pd.read_parquet(layout.scores_path(NIGHT, SLUG)).set_index("image_id")
+    assert scores.loc[image_id("portrait-002"), ["approved", "approval_method", "decided_by"]].tolist() == [True, "manual", "maria"]
+    assert scores.loc[kept, "rejection_reason"] == "manual: wrong outfit"
+    # the gate still keeps the better of the pair; the person's rejection does not promote the copy
+    assert scores.loc[duplicate, "rejection_reason"] == "near_duplicate"
+
+    portraits = sorted(p.name for p in layout.approved_images(SLUG, "portraits").iterdir())
+    assert portraits != published_before and len(portraits) == 1 and image_id("portrait-002") in portraits[0]
+    assert metadata(result, "approved_images")["withdrawn"] == [str(layout.approved_images(SLUG, "portraits") / published_before[0])]
+    night_rejected = {p.name for p in (layout.overnight(NIGHT) / "rejected" / SLUG).iterdir()}
+    assert published_before[0] in night_rejected and not any(image_id("portrait-002") in n for n in night_rejected)
+
+    # a third run changes nothing on disk and duplicates nothing
+    before = sorted(str(p) for p in layout.root.rglob("*.png"))
+    again = materialize(night, [image_scores, approved_images], key)
+    assert sorted(str(p) for p in layout.root.rglob("*.png")) == before
+    assert metadata(again, "approved_images")["files"] == {"asset_exists": 2, "night_exists": 9}
+    assert query(night["catalog_url"], "select count(*), sum(approval_method = 'manual') from generated_assets") == [(9, 2)]
+
+
+def test_an_image_already_approved_on_an_earlier_night_is_a_near_duplicate(night):
+    layout: StorageLayout = night["layout"]
+    kept, _ = check_reasons(pd.read_parquet(layout.scores_path(NIGHT, SLUG)))
+    images = night["images"]
+    write_night(layout, NEXT_NIGHT, {"portrait-000": ImageEnhance.Brightness(images["portrait-000"]).enhance(1.05),
+                                     "pose-000": ImageOps.fit(images["pose-002"].crop((40, 40, 472, 472)), (SIZE, SIZE))})
+    assert materialize(night, [image_scores], queen_night_key(SLUG, NEXT_NIGHT)).success
+    scores = pd.read_parquet(layout.scores_path(NEXT_NIGHT, SLUG)).set_index("image_id")
+    first = scores.loc[image_id("portrait-000", NEXT_NIGHT)]
+    assert (first["rejection_reason"], first["near_duplicate_of"]) == ("near_duplicate", kept)
+    assert scores.loc[image_id("pose-000", NEXT_NIGHT), "approved"]
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        ("manifest", "generated/nova-sterling/manifest.json is missing: materialize generated_images"),
+        ("identity", "identity/nova-sterling/identity.npz is missing: materialize reference_identity"),
+        ("overrides", "overrides/nova-sterling.yaml: nova-sterling-2026-11-20-pose-000: decision must be one of"),
+    ],
+)
+def test_missing_or_bad_inputs_fail_naming_the_file(night, breakage, message):
+    layout: StorageLayout = night["layout"]
+    if breakage == "manifest":
+        (layout.generated_dir(NIGHT, SLUG) / "manifest.json").unlink()
+    elif breakage == "identity":
+        (layout.identity_dir(SLUG) / "identity.npz").unlink()
+    else:
+        layout.overrides_path(NIGHT, SLUG).parent.mkdir(parents=True)
+        layout.overrides_path(NIGHT, SLUG).write_text(f"{image_id('pose-000')}: {{decision: yes, by: maria}}\n")
+    result = materialize(night, [image_scores], queen_night_key(SLUG, NIGHT), raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert message in str(failure.step_failure_data.error.message) or message in str(failure.step_failure_data.user_failure_data)
+
+
+# ------------------------------------------------------------------------------ publishing
+
+
+def test_publishing_never_overwrites_and_names_a_different_file_by_its_hash(tmp_path):
+    source = tmp_path / "generated" / "a.png"
+    source.parent.mkdir()
+    source.write_bytes(b"image one")
+    folder = tmp_path / "published"
+    digest = sha256_file(source)
+
+    path, action = publish_file(source, folder, "a.png", digest)
+    assert (path, action) == (folder / "a.png", "linked")
+    assert publish_file(source, folder, "a.png", digest) == (folder / "a.png", "exists")
+
+    other = tmp_path / "generated" / "other" / "a.png"
+    other.parent.mkdir()
+    other.write_bytes(b"image two, same name")
+    other_digest = sha256_file(other)
+    path, action = publish_file(other, folder, "a.png", other_digest)
+    assert path == folder / f"a-{other_digest[:16]}.png" and action == "linked"
+    assert (folder / "a.png").read_bytes() == b"image one", "the first file is never overwritten"
+    assert publish_file(other, folder, "a.png", other_digest) == (path, "exists")
+    assert {p.name for p in folder.iterdir()} == {"a.png", f"a-{other_digest[:16]}.png"}
+
+
+def test_publishing_copies_when_hard_links_are_impossible(tmp_path, monkeypatch):
+    source = tmp_path / "a.png"
+    source.write_bytes(b"pixels")
+    calls = []
+
+    def no_cross_device_link(src, dst, *args, **kwargs):
+        calls.append((src, dst))
+        if Path(src) == source:
+            raise OSError(18, "Invalid cross-device link")
+        return real_link(src, dst, *args, **kwargs)
+
+    real_link = os.link
+    monkeypatch.setattr(os, "link", no_cross_device_link)
+    path, action = publish_file(source, tmp_path / "out", "a.png", sha256_file(source))
+    assert action == "copied" and path.read_bytes() == b"pixels" and not os.path.samefile(path, source)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["a.png"], "no temp file is left behind"
+
+
+# ------------------------------------------------------------------------------ with the real spine
+
+
+@pytest.mark.slow
+def test_quality_stages_after_the_real_reference_job(tmp_path):
+    from tests.helpers import hydra_definitions, temp_settings
+    from hydra_assets.definitions import local_resources
+
+    write_demo_data(tmp_path / "roster", tmp_path / "storage" / "reference_images")
+    layout = StorageLayout(tmp_path / "storage")
+    write_night(layout, NIGHT, derived_images(tmp_path / "storage" / "reference_images"))
+    resources = {**local_resources(temp_settings(tmp_path)), "aesthetic": ImageStatsAestheticProxy(),
+                 "technical": ClassicalTechnical()}
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as instance:
+        instance.add_dynamic_partitions(QUEENS, [SLUG])
+        spine = hydra_definitions(tmp_path).resolve_job_def("queen_reference_job")
+        assert spine.execute_in_process(partition_key=SLUG, instance=instance).success
+        result = dg.materialize([image_scores, approved_images, quality_report], resources=resources, instance=instance,
+                                partition_key=queen_night_key(SLUG, NIGHT), selection=["image_scores", "approved_images"])
+        assert result.success
+        report = dg.materialize([quality_report], resources=resources, instance=instance, partition_key=NIGHT)
+        assert report.success
+    check_reasons(pd.read_parquet(layout.scores_path(NIGHT, SLUG)))

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from hydra_assets.domain import fingerprints
+from hydra_assets.domain.demo_data import write_demo_data
+from hydra_assets.partitions import QUEENS
+from resources.storage import HydraStorage
+from tests.helpers import hydra_definitions
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    roster_dir, root = tmp_path / "roster", tmp_path / "storage"
+    write_demo_data(roster_dir, root / "reference_images")
+    storage = HydraStorage(root=str(root), roster_dir=str(roster_dir))
+    sensor = hydra_definitions(tmp_path).resolve_sensor_def("roster_sensor")
+    with dg.instance_for_test() as instance:
+        yield roster_dir, root, storage, sensor, instance
+
+
+def tick(sensor, instance, storage, cursor=None) -> dg.SensorResult:
+    """One evaluation, with its partition requests applied as the daemon would."""
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"storage": storage})
+    result = sensor(context)
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def removed_in(result: dg.SensorResult) -> list[str]:
+    [event] = result.asset_events
+    return event.metadata["removed"].value
+
+
+def test_first_tick_adds_partitions_and_requests_runs(workspace):
+    _, _, storage, sensor, instance = workspace
+    result = tick(sensor, instance, storage)
+    [add] = result.dynamic_partitions_requests
+    assert add.partitions_def_name == QUEENS
+    assert sorted(add.partition_keys) == ["ada-marlowe", "nova-sterling"]
+    assert sorted(r.partition_key for r in result.run_requests) == ["ada-marlowe", "nova-sterling"]
+    assert {r.job_name for r in result.run_requests} <= {None, "queen_reference_job"}
+
+
+def test_unchanged_tick_requests_nothing_and_hashes_nothing(workspace, monkeypatch):
+    _, _, storage, sensor, instance = workspace
+    first = tick(sensor, instance, storage)
+    hashed: list[Path] = []
+    real_hash = fingerprints.sha256_file
+    monkeypatch.setattr(fingerprints, "sha256_file", lambda p: hashed.append(p) or real_hash(p))
+    second = tick(sensor, instance, storage, first.cursor)
+    assert second.run_requests == []
+    assert not second.dynamic_partitions_requests
+    assert hashed == []
+
+
+def test_changed_reference_requests_one_run_and_touch_alone_none(workspace, monkeypatch):
+    _, root, storage, sensor, instance = workspace
+    cursor = tick(sensor, instance, storage).cursor
+    reference = root / "reference_images" / "ada-marlowe" / "portraits" / "front.png"
+
+    stat = reference.stat()
+    os.utime(reference, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    hashed: list[Path] = []
+    real_hash = fingerprints.sha256_file
+    monkeypatch.setattr(fingerprints, "sha256_file", lambda p: hashed.append(p) or real_hash(p))
+    touched = tick(sensor, instance, storage, cursor)
+    assert touched.run_requests == []
+    assert hashed == [reference]
+
+    reference.write_bytes(reference.read_bytes() + b"\0")
+    changed = tick(sensor, instance, storage, touched.cursor)
+    assert [r.partition_key for r in changed.run_requests] == ["ada-marlowe"]
+
+
+def test_new_reference_file_requests_a_run(workspace):
+    _, root, storage, sensor, instance = workspace
+    cursor = tick(sensor, instance, storage).cursor
+    folder = root / "reference_images" / "nova-sterling" / "expressions"
+    (folder / "copy.png").write_bytes((folder / "bright.png").read_bytes())
+    assert [r.partition_key for r in tick(sensor, instance, storage, cursor).run_requests] == ["nova-sterling"]
+
+
+def test_removed_roster_file_is_reported_not_deleted(workspace):
+    roster_dir, _, storage, sensor, instance = workspace
+    cursor = tick(sensor, instance, storage).cursor
+    (roster_dir / "ada-marlowe.yaml").unlink()
+    result = tick(sensor, instance, storage, cursor)
+    assert removed_in(result) == ["ada-marlowe"]
+    assert all(isinstance(r, dg.AddDynamicPartitionsRequest) for r in result.dynamic_partitions_requests or [])
+    assert "ada-marlowe" in instance.get_dynamic_partitions(QUEENS)
+    assert "ada-marlowe" not in json.loads(result.cursor)["queens"]
+
+
+def test_invalid_roster_file_gets_no_run_until_fixed(workspace):
+    roster_dir, _, storage, sensor, instance = workspace
+    cursor = tick(sensor, instance, storage).cursor
+    path = roster_dir / "nova-sterling.yaml"
+    good = path.read_text()
+    path.write_text(good.replace("tier: core", "tier: royal"))
+    broken = tick(sensor, instance, storage, cursor)
+    assert broken.run_requests == []
+    [event] = broken.asset_events
+    [invalid] = event.metadata["invalid"].value
+    assert invalid["file"] == str(path) and "tier" in invalid["error"]
+
+    path.write_text(good)
+    fixed = tick(sensor, instance, storage, broken.cursor)
+    assert [r.partition_key for r in fixed.run_requests] == ["nova-sterling"]
