@@ -2,8 +2,6 @@
 
 
 import io
-import os
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from hydra_assets.domain import lora as domain
 from hydra_assets.domain.roster import Queen, RosterError
 from hydra_assets.domain.storage import (
     StorageLayout,
+    atomic_create_bytes,
     atomic_write_bytes,
     atomic_write_json,
     read_json,
@@ -266,7 +265,7 @@ def _train_new_version(
     )
     data = serialize_lora(result.state_dict, header)
     version_path = layout.lora_versions_dir(slug) / domain.version_file_name(slug, version)
-    if not _create_new_file(version_path, data):
+    if not atomic_create_bytes(version_path, data):
         raise dg.Failure(
             f"{version_path} appeared while {slug} was training: another training of this queen ran at the "
             f"same time (the {LOCK_TAG} run tag should prevent that); nothing was overwritten"
@@ -293,23 +292,6 @@ def _train_new_version(
         "device": result.device,
     }
     return info, curve
-
-
-def _create_new_file(path: Path, data: bytes) -> bool:
-    """Write ``path`` atomically only if it does not exist yet (a hard link never replaces a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.link(tmp_name, path)
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
 
 
 def _publish_current(

@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,9 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file and a rename; returns ``path``."""
-    path = Path(path)
+@contextmanager
+def _synced_temp_file(path: Path, data: bytes) -> Iterator[str]:
+    """``data`` fsynced in a temp file beside ``path``; the temp file is gone afterwards."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -39,11 +41,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
+        yield tmp_name
+    finally:
         Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temp file and a rename; returns ``path``."""
+    path = Path(path)
+    with _synced_temp_file(path, data) as tmp_name:
+        os.replace(tmp_name, path)
     return path
+
+
+def atomic_create_bytes(path: Path, data: bytes) -> bool:
+    """Like :func:`atomic_write_bytes`, but only if ``path`` does not exist yet (a hard link never
+    replaces a file); returns whether it was written."""
+    path = Path(path)
+    with _synced_temp_file(path, data) as tmp_name:
+        try:
+            os.link(tmp_name, path)
+        except FileExistsError:
+            return False
+    return True
 
 
 def atomic_write_json(path: Path, document: Any) -> Path:
