@@ -62,3 +62,31 @@ def test_new_lora_version_requests_that_queens_night_once():
         fourth = sensor(dg.build_sensor_context(instance=instance, cursor=third.cursor))
         assert [q for q, _ in requested(fourth.run_requests)] == ["bea"]
         assert fourth.run_requests[0].run_key != first.run_requests[0].run_key
+
+
+
+def test_a_finished_overnight_run_requests_its_nights_report_once_per_run():
+    from sensors.overnight import build_report_after_overnight_sensor
+
+    @dg.op
+    def publish() -> None:
+        return None
+
+    @dg.job(tags={"dagster/partition": "2026-11-20|ada"})
+    def stand_in_overnight() -> None:
+        publish()
+
+    sensor = build_report_after_overnight_sensor(dg.DefaultSensorStatus.STOPPED)
+    with dg.instance_for_test() as instance:
+        requests = []
+        for _ in range(2):  # two queens of the same night finishing
+            result = stand_in_overnight.execute_in_process(instance=instance)
+            context = dg.build_run_status_sensor_context(
+                sensor_name=sensor.name,
+                dagster_instance=instance,
+                dagster_run=result.dagster_run,
+                dagster_event=result.get_run_success_event(),
+            )
+            requests.append(sensor(context))
+    assert [r.partition_key for r in requests] == ["2026-11-20", "2026-11-20"]
+    assert requests[0].run_key != requests[1].run_key  # each finished queen refreshes the report
