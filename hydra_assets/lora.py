@@ -30,6 +30,10 @@ from resources.storage import HydraStorage
 
 WORKLOAD = "lora-training-sdxl"
 LOCK_TAG = "hydra/lora-queen"
+LORA_JOB = "queen_lora_job"
+QUEEN_LORA_KEY = dg.AssetKey("queen_lora")
+PARTITION_TAG = "dagster/partition"
+IN_PROGRESS_STATUSES = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)
 """Run tag whose per-value concurrency limit of 1 (dagster.yaml) keeps one training per queen."""
 CURVE_SIZE = (360, 150)
 
@@ -119,6 +123,11 @@ def queen_lora(
         context.log.info(f"{slug}: v{plan.version} was trained from the same inputs ({new_hash[:12]}); reusing it")
         curve = None
     else:
+        if earlier := _earlier_training_of(context, slug):
+            raise dg.Failure(
+                f"{slug}: run {earlier} is already training this queen's LoRA (one training per queen at a time); "
+                "nothing was trained or written. Re-materialize when it has finished."
+            )
         lora_trainer.check_base_model()
         info, curve = _train_new_version(
             context,
@@ -162,6 +171,32 @@ def queen_lora(
             loss_curve_png(curve["losses"], info["initial_loss"], info["final_loss"]), f"{slug} loss"
         )
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(new_hash[:16]))
+
+
+def _trains_lora(run: dg.DagsterRun) -> bool:
+    if run.asset_selection is not None:
+        return QUEEN_LORA_KEY in run.asset_selection
+    return run.job_name == LORA_JOB
+
+
+def _earlier_training_of(context: dg.AssetExecutionContext, slug: str) -> str | None:
+    """Another run training this queen that was created before this one.
+
+    The ``hydra/lora-queen`` run tag queues a second run of queen_lora_job, but a run launched
+    from the asset graph carries no such tag; this catches it. Of two overlapping runs the
+    earlier one trains, so exactly one goes on.
+    """
+    records = context.instance.get_run_records(
+        dg.RunsFilter(statuses=list(IN_PROGRESS_STATUSES), tags={PARTITION_TAG: slug})
+    )
+    mine = next((r for r in records if r.dagster_run.run_id == context.run_id), None)
+    for record in records:
+        run = record.dagster_run
+        if run.run_id == context.run_id or not _trains_lora(run):
+            continue
+        if mine is None or (record.create_timestamp, run.run_id) < (mine.create_timestamp, context.run_id):
+            return run.run_id
+    return None
 
 
 def _load_images(

@@ -416,6 +416,32 @@ def test_a_failed_training_is_recorded_and_publishes_nothing(lora_env):
     assert status == "draft", "a failed first training leaves the queen where she was"
 
 
+def test_a_second_training_of_the_same_queen_waits_for_the_first(lora_env):
+    """A run launched from the asset graph has no hydra/lora-queen tag: the asset itself refuses to overlap."""
+    layout, url, resources, instance, roster_dir = lora_env
+    write_upstream(layout, roster_dir, seeds=[1, 2])
+    resources["catalog"].upsert_queen(demo_queen())
+
+    @dg.op
+    def train() -> None:
+        return None
+
+    @dg.job(name="queen_lora_job")
+    def running_elsewhere() -> None:
+        train()
+
+    other = instance.create_run_for_job(
+        running_elsewhere, status=dg.DagsterRunStatus.STARTED, tags={"dagster/partition": SLUG}
+    )
+    with pytest.raises(dg.Failure, match=f"run {other.run_id} is already training"):
+        materialize(resources, instance)
+    assert not layout.lora_versions_dir(SLUG).exists()
+
+    instance.report_run_failed(other)  # the other run ended: training goes on
+    metadata, _ = materialize(resources, instance)
+    assert metadata["version"] == 1 and metadata["reused"] is False
+
+
 def lora_stale_status(instance: dg.DagsterInstance, tmp_path: Path) -> StaleStatus:
     """What the UI's asset page shows for the LoRA partition (the resolver the webserver uses)."""
     from tests.helpers import hydra_definitions
