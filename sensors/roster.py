@@ -1,9 +1,10 @@
-"""roster_sensor: the roster folder drives the queens partitions and the reference runs.
+"""roster_sensor: the roster folder drives the queens partitions, the reference runs and the voice runs.
 
 It owns the dynamic ``queens`` partitions (assets never add them), requests a reference run
-only for queens whose roster file or reference folder changed in content, and reports
-removed roster files instead of deleting partitions: deleting a partition would hide the
-queen's history in the UI.
+only for queens whose roster file or reference folder changed in content, requests a voice
+run when a queen's dialogue file changed (once her profile exists), and reports removed
+roster files instead of deleting partitions: deleting a partition would hide the queen's
+history in the UI.
 """
 
 
@@ -12,14 +13,16 @@ from pathlib import Path
 
 import dagster as dg
 
+from hydra_assets.domain.dialogue import dialogue_path
 from hydra_assets.domain.fingerprints import content_digest, fingerprint_files, folder_files
 from hydra_assets.domain.roster import RosterError, is_valid_slug, load_queen, roster_files, slug_for_file
 from hydra_assets.partitions import QUEENS, queens_partitions
-from jobs import queen_reference_job
+from jobs import queen_reference_job, queen_voice_job
 from resources.storage import HydraStorage
 
 CURSOR_VERSION = 1
 ROSTER_INDEX = dg.AssetKey("roster_index")
+QUEEN_PROFILE = dg.AssetKey("queen_profile")
 
 roster_index = dg.AssetSpec(
     ROSTER_INDEX,
@@ -36,13 +39,38 @@ def _load_cursor(raw: str | None) -> dict:
     return cursor.get("queens", {}) if cursor.get("v") == CURSOR_VERSION else {}
 
 
+def _dialogue_change(
+    slug: str, roster_dir: Path, before: dict, entry: dict, profiled: set[str]
+) -> tuple[dg.RunRequest | None, int]:
+    """A voice run when the queen's dialogue changed since the last one; records it in ``entry``.
+
+    voice_lines reads the queen's profile, so a change waits (stays pending in the cursor)
+    until queen_profile has been materialized for her, typically by the reference run.
+    """
+    path = dialogue_path(roster_dir, slug)
+    stats, hashed = fingerprint_files({path.name: path} if path else {}, before.get("dialogue"))
+    voiced, voice_gen = before.get("voiced"), before.get("voice_gen", 0)
+    entry.update(dialogue=stats, voiced=voiced, voice_gen=voice_gen)
+    if not stats:
+        return None, hashed
+    digest = content_digest(stats)
+    if digest == voiced or slug not in profiled:
+        return None, hashed
+    entry.update(voiced=digest, voice_gen=voice_gen + 1)
+    request = dg.RunRequest(
+        run_key=f"voice:{slug}:{voice_gen + 1}:{digest}", partition_key=slug, job_name=queen_voice_job.name
+    )
+    return request, hashed
+
+
 def build_roster_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
     @dg.sensor(
         name="roster_sensor",
-        job=queen_reference_job,
+        jobs=[queen_reference_job, queen_voice_job],
         minimum_interval_seconds=30,
         default_status=default_status,
-        description="Adds a queens partition per roster file and materializes references when they change.",
+        description="Adds a queens partition per roster file, materializes references when they change and "
+        "voice lines when the dialogue changes.",
     )
     def roster_sensor(context: dg.SensorEvaluationContext, storage: HydraStorage) -> dg.SensorResult:
         previous = _load_cursor(context.cursor)
@@ -51,6 +79,7 @@ def build_roster_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDefi
         run_requests: list[dg.RunRequest] = []
         invalid: list[dict[str, str]] = []
         hashed = 0
+        profiled = context.instance.get_materialized_partitions(QUEEN_PROFILE)
 
         for path in roster_files(Path(storage.roster_dir)):
             slug = slug_for_file(path)
@@ -64,6 +93,10 @@ def build_roster_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDefi
             digest = content_digest({**{f"roster/{k}": v for k, v in roster_stats.items()}, **ref_stats})
             generation = before.get("gen", 0)
             current[slug] = {"roster": roster_stats, "refs": ref_stats, "digest": digest, "gen": generation}
+            voice_request, n_dialogue = _dialogue_change(slug, Path(storage.roster_dir), before, current[slug], profiled)
+            hashed += n_dialogue
+            if voice_request:
+                run_requests.append(voice_request)
             if before.get("digest") == digest:
                 continue
             try:
@@ -75,7 +108,11 @@ def build_roster_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDefi
             # The generation makes the key unique per change, so going back to an earlier
             # content (A → B → A) still gets its run instead of being deduplicated.
             current[slug]["gen"] = generation + 1
-            run_requests.append(dg.RunRequest(run_key=f"{slug}:{generation + 1}:{digest}", partition_key=slug))
+            run_requests.append(
+                dg.RunRequest(
+                    run_key=f"{slug}:{generation + 1}:{digest}", partition_key=slug, job_name=queen_reference_job.name
+                )
+            )
 
         known = set(context.instance.get_dynamic_partitions(QUEENS))
         new_partitions = sorted(set(current) - known)
@@ -101,7 +138,7 @@ def build_roster_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDefi
                 )
             )
         context.log.info(
-            f"{len(current)} queens, {len(new_partitions)} new, {len(run_requests)} changed, "
+            f"{len(current)} queens, {len(new_partitions)} new, {len(run_requests)} runs requested, "
             f"{len(removed)} removed, {hashed} files hashed"
         )
         return dg.SensorResult(

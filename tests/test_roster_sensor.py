@@ -113,3 +113,28 @@ def test_invalid_roster_file_gets_no_run_until_fixed(workspace):
     path.write_text(good)
     fixed = tick(sensor, instance, storage, broken.cursor)
     assert [r.partition_key for r in fixed.run_requests] == ["nova-sterling"]
+
+
+def voice_requests(result: dg.SensorResult) -> list[str]:
+    return [r.partition_key for r in result.run_requests if r.job_name == "queen_voice_job"]
+
+
+def test_dialogue_change_requests_a_voice_run_once_the_profile_exists(workspace):
+    from hydra_assets.domain.demo_dialogue import write_demo_dialogue
+
+    roster_dir, _, storage, sensor, instance = workspace
+    write_demo_dialogue(roster_dir)
+    first = tick(sensor, instance, storage)
+    assert voice_requests(first) == []  # no profile yet: voice_lines would have nothing to read
+
+    instance.report_runless_asset_event(dg.AssetMaterialization("queen_profile", partition="nova-sterling"))
+    second = tick(sensor, instance, storage, first.cursor)
+    assert voice_requests(second) == ["nova-sterling"] and second.run_requests[0].job_name == "queen_voice_job"
+    assert tick(sensor, instance, storage, second.cursor).run_requests == []
+
+    dialogue = roster_dir / "nova-sterling.dialogue.yaml"
+    dialogue.write_text(dialogue.read_text().replace("Good morning.", "Good evening."))
+    edited = tick(sensor, instance, storage, second.cursor)
+    assert voice_requests(edited) == ["nova-sterling"]
+    assert [r.job_name for r in edited.run_requests] == ["queen_voice_job"]  # references untouched
+    assert edited.run_requests[0].run_key != second.run_requests[0].run_key
