@@ -12,11 +12,12 @@ export DAGSTER_HOME
 
 .PHONY: install run demo test test-fast manifests dagster-home clean
 
-$(BIN)/.installed: pyproject.toml
+$(BIN)/.installed: pyproject.toml deploy/install_musiq.sh
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet $(TORCH_SPEC)
 	$(BIN)/pip install --quiet -e '.[dev]'
+	bash deploy/install_musiq.sh $(BIN)/python
 	touch $@
 
 install: $(BIN)/.installed
