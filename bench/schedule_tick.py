@@ -11,26 +11,41 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
 from hydra_assets.partitions import QUEENS
 from hydra_assets.settings import SETTINGS
+from resources.storage import HydraStorage
 from sensors.overnight import build_overnight_schedule
 
 REPEATS = 5
 
 
-def tick_seconds(schedule, instance) -> float:
+def tick_seconds(schedule, instance, storage: HydraStorage) -> float:
     moment = dt.datetime(2026, 11, 20, 22, tzinfo=ZoneInfo(SETTINGS.timezone))
     timings = []
     for _ in range(REPEATS):
         started = time.perf_counter()
-        schedule(dg.build_schedule_context(instance=instance, scheduled_execution_time=moment))
+        schedule(
+            dg.build_schedule_context(
+                instance=instance, scheduled_execution_time=moment, resources={"storage": storage}
+            )
+        )
         timings.append(time.perf_counter() - started)
     return statistics.median(timings)
+
+
+def roster_of(folder: Path, queens: list[str]) -> HydraStorage:
+    """A roster folder with one file per queen: the schedule lists it on every tick."""
+    (folder / "roster").mkdir(parents=True)
+    for queen in queens:
+        (folder / "roster" / f"{queen}.yaml").write_text(f"slug: {queen}\n")
+    return HydraStorage(root=str(folder / "storage"), roster_dir=str(folder / "roster"))
 
 
 def instance_with(instance: dg.DagsterInstance, queens: list[str], versions: int) -> None:
@@ -49,11 +64,13 @@ def main() -> None:
     args = parser.parse_args()
     schedule = build_overnight_schedule(dg.DefaultScheduleStatus.STOPPED)
     small = max(1, args.queens // 10)
-    with dg.instance_for_test() as few, dg.instance_for_test() as many:
-        instance_with(few, [f"queen-{i:05d}" for i in range(small)], 1)
+    with dg.instance_for_test() as few, dg.instance_for_test() as many, tempfile.TemporaryDirectory() as tmp:
+        few_queens = [f"queen-{i:05d}" for i in range(small)]
         all_queens = [f"queen-{i:05d}" for i in range(args.queens)]
+        few_roster, full_roster = roster_of(Path(tmp) / "few", few_queens), roster_of(Path(tmp) / "all", all_queens)
+        instance_with(few, few_queens, 1)
         instance_with(many, all_queens, 1)
-        t_small, t_full = tick_seconds(schedule, few), tick_seconds(schedule, many)
+        t_small, t_full = tick_seconds(schedule, few, few_roster), tick_seconds(schedule, many, full_roster)
         print(f"{small} queens: {t_small * 1000:.1f} ms per tick")
         print(f"{args.queens} queens: {t_full * 1000:.1f} ms per tick")
         for version in range(args.history):
@@ -61,7 +78,7 @@ def main() -> None:
                 many.report_runless_asset_event(
                     dg.AssetMaterialization("queen_lora", partition=queen, metadata={"version": version + 2})
                 )
-        t_history = tick_seconds(schedule, many)
+        t_history = tick_seconds(schedule, many, full_roster)
         print(f"{args.queens} queens after {args.history} more LoRA versions each: {t_history * 1000:.1f} ms per tick")
     print(f"ratio queens x{args.queens // small}: {t_full / t_small:.2f}")
     print(f"ratio history x{args.history + 1}: {t_history / t_full:.2f}")

@@ -112,6 +112,7 @@ def queen_lora(
         new_hash, {v: (h or {}).get("training_hash") for v, h in headers.items()}, force=config.force_retrain
     )
     strength = queen.generation_config.lora_strength
+    previous_version = (read_json(layout.lora_info_path(slug)) or {}).get("version")
 
     if plan.reuse:
         version_path = versions_dir / on_disk[plan.version]
@@ -148,6 +149,8 @@ def queen_lora(
     metadata = {
         "version": info["version"],
         "reused": plan.reuse,
+        "previous_version": previous_version,
+        "current_changed": previous_version != info["version"],
         "training_hash": new_hash,
         "reference_set_hash": reference_set_hash,
         "base_model": info["base_model"],

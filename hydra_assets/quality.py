@@ -629,8 +629,10 @@ def approved_images(
     once_ok = not any(once.values())
     dashboard = PipelineMetrics()
     record_partition(dashboard, slug, scores.to_dict("records"), quality.SCORE_RANGES)
-    dashboard.queue_depth.set(context.instance.get_runs_count(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED])))
-    pushed = metrics.push(dashboard, {"queen": slug, "night": night})
+    queue = PipelineMetrics()
+    queue.set_queue_depth(context.instance.get_runs_count(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED])))
+    # One series per queen and night for the batch's numbers; the queue is one series for the studio.
+    pushed = metrics.push(dashboard, {"queen": slug, "night": night}) & metrics.push(queue, {})
     return dg.MaterializeResult(
         metadata={
             "generated": generated,
@@ -646,7 +648,7 @@ def approved_images(
             "published_totals": dg.MetadataValue.json(counts),
             "approved_sheet": png_preview(image_files.contact_sheet(sheets[True]), f"{slug} {night} approved"),
             "rejected_sheet": png_preview(image_files.contact_sheet(sheets[False]), f"{slug} {night} rejected"),
-            "metrics": dg.MetadataValue.json(dashboard.samples()),
+            "metrics": dg.MetadataValue.json({**dashboard.samples(), **queue.samples()}),
             "metrics_pushed": pushed,
         },
         data_version=dg.DataVersion(_decision_hash(scores)),

@@ -6,6 +6,7 @@ import dagster as dg
 
 from hydra_assets.partitions import queen_nights_partitions
 from resources.alerts import WebhookNotifier, webhook_body
+from sensors.events import cursor_after_latest
 
 APPROVED_IMAGES = dg.AssetKey("approved_images")
 APPROVAL_ALERT_RATE = 0.5
@@ -23,7 +24,10 @@ def build_low_approval_sensor(default_status: dg.DefaultSensorStatus) -> dg.Sens
         description=f"Posts an alert once per queen and night whose approval rate is below {APPROVAL_ALERT_RATE}.",
     )
     def low_approval_sensor(context: dg.SensorEvaluationContext, webhook: WebhookNotifier):
-        state = json.loads(context.cursor) if context.cursor else {"events": None, "alerted": []}
+        if not context.cursor:
+            start = json.dumps({"events": cursor_after_latest(context.instance, APPROVED_IMAGES), "alerted": []})
+            return dg.SensorResult(skip_reason=dg.SkipReason("started: alerting on nights from now on"), cursor=start)
+        state = json.loads(context.cursor)
         alerted: list[str] = state["alerted"]
         records = context.instance.fetch_materializations(
             APPROVED_IMAGES, limit=EVENTS_PER_TICK, cursor=state["events"], ascending=True

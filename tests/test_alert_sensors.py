@@ -68,9 +68,12 @@ def evaluate(sensor, instance, url: str | None, cursor: str | None):
 def test_low_approval_alerts_once_per_queen_and_night(webhook):
     sensor = build_low_approval_sensor(STOPPED)
     with dg.instance_for_test() as instance:
+        report_approval(instance, "ada-marlowe", "2026-11-19", 0.1)  # history before the sensor was turned on
+        started = evaluate(sensor, instance, webhook.url, None)
+        assert webhook.bodies == [], "turning the sensor on must not replay old nights"
         report_approval(instance, "nova-sterling", "2026-11-20", 0.25)
         report_approval(instance, "ada-marlowe", "2026-11-20", 0.8)
-        first = evaluate(sensor, instance, webhook.url, None)
+        first = evaluate(sensor, instance, webhook.url, started.cursor)
         assert len(webhook.bodies) == 1
         body = webhook.bodies[0]
         assert body["hydra"]["queen_slug"] == "nova-sterling" and body["hydra"]["night"] == "2026-11-20"
@@ -92,8 +95,9 @@ def test_low_approval_alerts_once_per_queen_and_night(webhook):
 def test_no_url_logs_and_sends_nothing(webhook, caplog):
     sensor = build_low_approval_sensor(STOPPED)
     with dg.instance_for_test() as instance:
+        started = evaluate(sensor, instance, None, None)
         report_approval(instance, "nova-sterling", "2026-11-20", 0.2)
-        evaluate(sensor, instance, None, None)
+        evaluate(sensor, instance, None, started.cursor)
     assert webhook.bodies == []
     assert any("no webhook URL configured" in r.getMessage() for r in caplog.records)
 
@@ -101,8 +105,9 @@ def test_no_url_logs_and_sends_nothing(webhook, caplog):
 def test_unreachable_webhook_does_not_fail_the_sensor(caplog):
     sensor = build_low_approval_sensor(STOPPED)
     with dg.instance_for_test() as instance:
+        started = evaluate(sensor, instance, None, None)
         report_approval(instance, "nova-sterling", "2026-11-20", 0.2)
-        result = evaluate(sensor, instance, "http://127.0.0.1:9/hooks/secret-token", None)
+        result = evaluate(sensor, instance, "http://127.0.0.1:9/hooks/secret-token", started.cursor)
     assert json.loads(result.cursor)["alerted"] == ["2026-11-20|nova-sterling"]
     messages = " ".join(r.getMessage() for r in caplog.records)
     assert "alert not delivered to webhook http://127.0.0.1:9/" in messages

@@ -294,6 +294,7 @@ def test_demo_renderer_end_to_end_for_a_demo_queen_night(demo_root, instance):
     assert meta["degraded_on_purpose"] >= 1 and "data:image/png;base64," in meta["contact_sheet"]
     duration = f'hydra_generation_duration_seconds_count{{queen_slug="{SLUG}",task_type="generation"}}'
     assert meta["metrics"][duration] == 1 and meta["metrics_pushed"] is False
+    assert "hydra_queue_depth" not in meta["metrics"]
     [check] = result.get_asset_check_evaluations()
     assert check.check_name == CHECK_NAME and check.passed
 

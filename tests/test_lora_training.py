@@ -366,6 +366,7 @@ def test_queen_lora_reuses_an_unchanged_version_and_keeps_v1_when_references_cha
     first, event = materialize(resources, instance)
     v1 = layout.lora_versions_dir(SLUG) / f"{SLUG}_lora_v1.safetensors"
     assert first["version"] == 1 and first["reused"] is False and first["training_images"] == 2
+    assert first["previous_version"] is None and first["current_changed"] is True
     assert first["final_loss"] < first["initial_loss"] and first["steps"] == 6
     assert "loss_curve" in first and first["steps_per_second"] > 0
     assert sha256_file(layout.lora_path(SLUG)) == sha256_file(v1) == first["sha256"]
@@ -379,6 +380,7 @@ def test_queen_lora_reuses_an_unchanged_version_and_keeps_v1_when_references_cha
 
     again, _ = materialize(resources, instance)
     assert again["reused"] is True and again["version"] == 1 and "loss_curve" not in again
+    assert again["current_changed"] is False  # lora_ready_sensor must not regenerate tonight
     assert v1.stat().st_mtime_ns == v1_mtime
     assert sorted(p.name for p in v1.parent.glob("*.safetensors")) == [v1.name]
 
@@ -398,6 +400,7 @@ def test_queen_lora_reuses_an_unchanged_version_and_keeps_v1_when_references_cha
     write_upstream(layout, roster_dir, seeds=[1, 2, 3], faceless=3)
     back, _ = materialize(resources, instance)
     assert back["reused"] is True and back["version"] == 1
+    assert (back["previous_version"], back["current_changed"]) == (2, True)  # tonight must follow v1
     assert sha256_file(layout.lora_path(SLUG)) == first["sha256"]
     assert sorted(p.name for p in v1.parent.glob("*.safetensors")) == [v1.name, v2.name]
 

@@ -38,6 +38,7 @@ def demo_metrics() -> PipelineMetrics:
     metrics.record_scores("nova-sterling", "aesthetic", [6.4, 7.2, 9.9])
     metrics.approval_rate.labels("nova-sterling", "portrait").set(0.5)
     metrics.generation_duration.labels("generation", "nova-sterling").observe(42.0)
+    metrics.set_queue_depth(3)
     return metrics
 
 
@@ -48,7 +49,13 @@ def test_spec_metric_names_labels_and_buckets():
     assert 'hydra_quality_score_bucket{le="10.0",queen_slug="nova-sterling",score_type="aesthetic"} 3.0' in text
     assert 'hydra_approval_rate{asset_type="portrait",queen_slug="nova-sterling"} 0.5' in text
     assert 'hydra_generation_duration_seconds_count{queen_slug="nova-sterling",task_type="generation"} 1.0' in text
-    assert "hydra_queue_depth 0.0" in text
+    assert "hydra_queue_depth 3.0" in text
+
+
+def test_queue_depth_is_exported_only_where_it_was_measured():
+    metrics = PipelineMetrics()
+    metrics.record_images("ada", [("pose", True)])
+    assert "hydra_queue_depth" not in metrics.exposition()
 
 
 def test_samples_for_run_metadata_leave_out_buckets():

@@ -1,21 +1,23 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import dagster as dg
 
 from hydra_assets.partitions import QUEENS
 from hydra_assets.settings import SETTINGS
+from resources.storage import HydraStorage
 from sensors.overnight import OVERNIGHT_TAG, build_lora_ready_sensor, build_overnight_schedule
 
 TONIGHT = dt.datetime(2026, 11, 20, 22, 0, tzinfo=ZoneInfo(SETTINGS.timezone))
 
 
-def report_lora(instance: dg.DagsterInstance, queen: str, version: int, reused: bool = False) -> None:
-    instance.report_runless_asset_event(
-        dg.AssetMaterialization("queen_lora", partition=queen, metadata={"version": version, "reused": reused})
-    )
+def report_lora(instance: dg.DagsterInstance, queen: str, version: int, previous: int | None = None) -> None:
+    """What queen_lora reports: the version now current and the one it replaced."""
+    metadata = {"version": version, "previous_version": previous, "current_changed": previous != version}
+    instance.report_runless_asset_event(dg.AssetMaterialization("queen_lora", partition=queen, metadata=metadata))
 
 
 def requested(requests) -> list[tuple[str, str]]:
@@ -23,25 +25,62 @@ def requested(requests) -> list[tuple[str, str]]:
     return sorted((k.keys_by_dimension["queen"], k.keys_by_dimension["night"]) for k in keys)
 
 
-def test_schedule_requests_tonight_for_ready_queens_only():
+def roster_with(tmp_path: Path, *slugs: str) -> HydraStorage:
+    roster = tmp_path / "roster"
+    roster.mkdir(exist_ok=True)
+    for slug in slugs:
+        (roster / f"{slug}.yaml").write_text(f"slug: {slug}\n")  # the schedule only lists the folder
+    return HydraStorage(root=str(tmp_path / "storage"), roster_dir=str(roster))
+
+
+def evaluate_schedule(schedule, instance, storage, moment=TONIGHT):
+    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=moment, resources={"storage": storage})
+    return schedule(context)
+
+
+def test_schedule_requests_tonight_for_ready_queens_only(tmp_path):
     schedule = build_overnight_schedule(dg.DefaultScheduleStatus.STOPPED)
+    storage = roster_with(tmp_path, "ada", "bea", "cora")
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(QUEENS, ["ada", "bea", "cora"])
         report_lora(instance, "ada", 1)
         report_lora(instance, "cora", 1)
         report_lora(instance, "gone", 1)  # LoRA of a queen no longer in the roster partitions
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=TONIGHT)
-        requests = schedule(context)
+        requests = evaluate_schedule(schedule, instance, storage)
     assert requested(requests) == [("ada", "2026-11-20"), ("cora", "2026-11-20")]
     assert all(r.tags[OVERNIGHT_TAG] == "true" for r in requests)
     assert len({r.run_key for r in requests}) == 2
 
 
-def test_schedule_skips_when_no_lora_is_ready():
+def test_schedule_leaves_out_a_queen_whose_roster_file_was_removed(tmp_path):
+    """Her partition and LoRA stay (history is kept), but she is no longer produced."""
     schedule = build_overnight_schedule(dg.DefaultScheduleStatus.STOPPED)
+    storage = roster_with(tmp_path, "ada")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(QUEENS, ["ada", "bea"])
+        report_lora(instance, "ada", 1)
+        report_lora(instance, "bea", 1)
+        requests = evaluate_schedule(schedule, instance, storage)
+    assert requested(requests) == [("ada", "2026-11-20")]
+
+
+def test_schedule_night_is_the_studios_date_whatever_the_clock_zone(tmp_path):
+    schedule = build_overnight_schedule(dg.DefaultScheduleStatus.STOPPED)
+    storage = roster_with(tmp_path, "ada")
+    in_tokyo = TONIGHT.astimezone(ZoneInfo("Asia/Tokyo"))  # already the 21st there
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(QUEENS, ["ada"])
-        result = schedule(dg.build_schedule_context(instance=instance, scheduled_execution_time=TONIGHT))
+        report_lora(instance, "ada", 1)
+        requests = evaluate_schedule(schedule, instance, storage, in_tokyo)
+    assert requested(requests) == [("ada", "2026-11-20")]
+
+
+def test_schedule_skips_when_no_lora_is_ready(tmp_path):
+    schedule = build_overnight_schedule(dg.DefaultScheduleStatus.STOPPED)
+    storage = roster_with(tmp_path, "ada")
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions(QUEENS, ["ada"])
+        result = evaluate_schedule(schedule, instance, storage)
     assert isinstance(result, dg.SkipReason) and "2026-11-20" in result.skip_message
 
 
@@ -49,20 +88,23 @@ def test_new_lora_version_requests_that_queens_night_once():
     sensor = build_lora_ready_sensor(dg.DefaultSensorStatus.STOPPED)
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(QUEENS, ["ada", "bea"])
-        report_lora(instance, "ada", 2)
-        first = sensor(dg.build_sensor_context(instance=instance))
+        report_lora(instance, "bea", 1)  # before the sensor was turned on: not replayed
+        started = sensor(dg.build_sensor_context(instance=instance))
+        assert not started.run_requests
+
+        report_lora(instance, "ada", 2, previous=1)
+        first = sensor(dg.build_sensor_context(instance=instance, cursor=started.cursor))
         assert [q for q, _ in requested(first.run_requests)] == ["ada"]
         second = sensor(dg.build_sensor_context(instance=instance, cursor=first.cursor))
         assert not second.run_requests
 
-        report_lora(instance, "bea", 1, reused=True)  # re-materialized, same version: nothing new
+        report_lora(instance, "bea", 1, previous=1)  # re-materialized, same current version: nothing new
         third = sensor(dg.build_sensor_context(instance=instance, cursor=second.cursor))
         assert not third.run_requests
-        report_lora(instance, "bea", 2)
-        fourth = sensor(dg.build_sensor_context(instance=instance, cursor=third.cursor))
-        assert [q for q, _ in requested(fourth.run_requests)] == ["bea"]
-        assert fourth.run_requests[0].run_key != first.run_requests[0].run_key
 
+        report_lora(instance, "ada", 1, previous=2)  # references back to v1's: v1 is current again
+        fourth = sensor(dg.build_sensor_context(instance=instance, cursor=third.cursor))
+        assert [q for q, _ in requested(fourth.run_requests)] == ["ada"]
 
 
 def test_a_finished_overnight_run_requests_its_nights_report_once_per_run():

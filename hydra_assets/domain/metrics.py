@@ -38,7 +38,14 @@ class PipelineMetrics:
             "hydra_generation_duration_seconds", "Wall time of a pipeline task, by task type and queen.",
             ["task_type", "queen_slug"], buckets=DURATION_BUCKETS, registry=self.registry,
         )
-        self.queue_depth = Gauge("hydra_queue_depth", "Runs waiting in the run queue.", registry=self.registry)
+        self.queue_depth: Gauge | None = None
+        """Registered only by :meth:`set_queue_depth`: an unlabelled gauge would otherwise export 0
+        from every run that never measured the queue."""
+
+    def set_queue_depth(self, runs: int) -> None:
+        if self.queue_depth is None:
+            self.queue_depth = Gauge("hydra_queue_depth", "Runs waiting in the run queue.", registry=self.registry)
+        self.queue_depth.set(runs)
 
     def record_images(self, queen: str, rows: Iterable[tuple[str, bool]]) -> None:
         """One (asset_type, approved) pair per image."""
