@@ -115,7 +115,10 @@ def _run_demo(roster_dir: Path, storage_root: Path) -> int:
         for job_name in DEMO_STAGE_JOBS:
             key = queen_night_key(slug, night) if job_name == "overnight_job" else slug
             result = execute(job_name, key)
-            row.update(_summary_rows(result))
+            stage = _summary_rows(result)
+            if earlier := row.get("checks failed"):
+                stage["checks failed"] = ", ".join(filter(None, [earlier, stage.get("checks failed")]))
+            row.update(stage)
             if not result.success:
                 failed += 1
                 row["status"] = f"FAILED in {job_name}"
