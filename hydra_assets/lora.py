@@ -30,11 +30,11 @@ from resources.storage import HydraStorage
 
 WORKLOAD = "lora-training-sdxl"
 LOCK_TAG = "hydra/lora-queen"
+"""Run tag whose per-value concurrency limit of 1 (dagster.yaml) keeps one training per queen."""
 LORA_JOB = "queen_lora_job"
 QUEEN_LORA_KEY = dg.AssetKey("queen_lora")
 PARTITION_TAG = "dagster/partition"
 IN_PROGRESS_STATUSES = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)
-"""Run tag whose per-value concurrency limit of 1 (dagster.yaml) keeps one training per queen."""
 CURVE_SIZE = (360, 150)
 
 
