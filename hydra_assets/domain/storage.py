@@ -140,5 +140,9 @@ class StorageLayout:
     def overnight(self, night: str) -> Path:
         return self.root / "overnight" / night
 
+    def sensor_state(self, sensor: str) -> Path:
+        """State a sensor keeps per key (file stats), so its cursor stays small; a cache, safe to delete."""
+        return self.root / ".hydra" / "sensors" / sensor
+
     def quality_tests(self, night: str) -> Path:
         return self.root / "quality_tests" / night
