@@ -362,18 +362,21 @@ class HttpClient:
     name: str = ""
     retry_post: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)
-    _session: requests.Session | None = field(default=None, repr=False)
+    _sessions: dict[bool, requests.Session] = field(default_factory=dict, repr=False)
 
-    def session(self) -> requests.Session:
-        if self._session is None:
-            self._session = make_session(self.policy, self.retry_post)
-            self._session.headers.update(self.headers)
-        return self._session
+    def session(self, retry_post: bool | None = None) -> requests.Session:
+        """The session for this client's POST policy, or for ``retry_post`` when given."""
+        flag = self.retry_post if retry_post is None else retry_post
+        if flag not in self._sessions:
+            session = make_session(self.policy, flag)
+            session.headers.update(self.headers)
+            self._sessions[flag] = session
+        return self._sessions[flag]
 
     def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-            self._session = None
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()
 
     def __enter__(self) -> HttpClient:
         return self
@@ -391,9 +394,11 @@ class HttpClient:
         *,
         deadline_s: float | None = None,
         max_body_bytes: int | None = None,
+        retry_post: bool | None = None,
         **kwargs: Any,
     ) -> HttpAnswer:
         """One call with retries, finished (body included) within ``deadline_s`` (policy default).
+        ``retry_post`` overrides the client's choice for this call (e.g. a POST known to be safe).
 
         Any status comes back as an :class:`HttpAnswer` (check it with ``expect``/``json``);
         no answer at all raises :class:`HttpUnavailable` or :class:`HttpDeadlineExceeded`; a
@@ -414,7 +419,7 @@ class HttpClient:
         late = f"{label}no complete answer within the {deadline_s:g} s deadline"
         try:
             try:
-                response = self.session().request(
+                response = self.session(retry_post).request(
                     method,
                     endpoint,
                     timeout=(min(self.policy.connect_timeout_s, deadline_s), min(self.policy.read_timeout_s, deadline_s)),

@@ -214,3 +214,12 @@ def test_deadline_holds_on_a_kept_alive_connection(server):
     error, took = timed(lambda: client.request("GET", "/slow"))
     assert isinstance(error, HttpDeadlineExceeded) and took < 3.0, error
     assert client.get_json("/ok") == {"ok": 1}  # the client still works after a deadline
+
+
+def test_a_post_can_be_declared_safe_for_one_call(server):
+    server.script("/p", answer(503, {}), answer(200, {"ok": True}))
+    client = HttpClient(server.url, FAST)
+    assert client.request("POST", "/p", json={}, retry_post=True).json() == {"ok": True}
+    assert len(server.hits("/p")) == 2
+    server.script("/q", answer(503, {}), answer(200, {"ok": True}))
+    assert client.request("POST", "/q", json={}).status == 503  # the client's default still holds

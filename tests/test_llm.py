@@ -268,3 +268,10 @@ def test_resources_load_from_env_vars_in_an_asset(server, tmp_path, monkeypatch)
     mat = out.asset_materializations_for_node("expanded")[0]
     assert mat.metadata["source"].value == "llm" and mat.metadata["line"].value == "llm"
     assert {h.headers["Authorization"] for h in server.hits(ROUTE)} == {"Bearer sk-env"}
+
+
+def test_expansion_params_record_the_prompt_source(server, tmp_path):
+    server.script(ROUTE, answer(500, {"error": {"message": "down"}}))
+    fallback = expander(server.url, tmp_path).expand(requests_(1))[0]
+    assert fallback.params()["prompt_source"] == "template" and "down" in fallback.params()["prompt_warning"]
+    assert TemplatePromptExpander().expand(requests_(1))[0].params().keys() == {"prompt_source", "prompt_model", "prompt_cache_key"}

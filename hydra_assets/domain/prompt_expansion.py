@@ -75,6 +75,13 @@ class Expansion:
     warning: str | None = None
     cached: bool = False
 
+    def params(self) -> dict[str, Any]:
+        """What an image's generation params record about its prompt (issue 9: ``prompt_source``)."""
+        out: dict[str, Any] = {"prompt_source": self.source, "prompt_model": self.model, "prompt_cache_key": self.cache_key}
+        if self.warning:
+            out["prompt_warning"] = self.warning
+        return out
+
 
 @dataclass(frozen=True)
 class Variation:
