@@ -123,7 +123,8 @@ def test_rerun_asks_nothing_and_a_changed_input_asks_again(server, tmp_path):
 
 def test_cache_dir_passed_by_the_asset_wins(server, tmp_path):
     server.script(ROUTE, chat_app())
-    chosen = tmp_path / "storage" / "cache" / "prompt_expansions"
+    chosen = pe.cache_folder(tmp_path / "storage")
+    assert chosen == tmp_path / "storage" / "cache" / "prompt_expansions"
     result = expander(server.url, tmp_path, cache_dir=None).expand(requests_(1), cache_dir=str(chosen))
     assert ExpansionCache(chosen).get(result[0].cache_key)["text"] == result[0].prompt
 
