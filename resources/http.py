@@ -37,6 +37,7 @@ import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import pydantic
 import requests
@@ -167,6 +168,7 @@ class _Watch:
     def __init__(self, deadline: float):
         self.deadline = deadline
         self.fired = False
+        self.done = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
 
@@ -182,8 +184,15 @@ class _Watch:
         if fired:
             _shutdown(sock)
 
+    def finish(self) -> None:
+        """The call is over: its sockets may serve other calls now, never shut them down."""
+        with self._lock:
+            self.done = True
+
     def fire(self) -> None:
         with self._lock:
+            if self.done:
+                return
             self.fired = True
             sockets = list(self._sockets)
         for sock in sockets:
@@ -362,6 +371,8 @@ class HttpClient:
     name: str = ""
     retry_post: bool = False
     headers: Mapping[str, str] = field(default_factory=dict)
+    redact_path: bool = False
+    """Name only scheme://host/… in errors: for URLs that carry a secret in their path (webhooks)."""
     _sessions: dict[bool, requests.Session] = field(default_factory=dict, repr=False)
 
     def session(self, retry_post: bool | None = None) -> requests.Session:
@@ -387,6 +398,17 @@ class HttpClient:
     def endpoint(self, route: str) -> str:
         return self.base_url.rstrip("/") + "/" + route.lstrip("/") if route else self.base_url
 
+    def shown(self, endpoint: str) -> str:
+        if not self.redact_path:
+            return endpoint
+        parts = urlsplit(endpoint)
+        return f"{parts.scheme}://{parts.netloc}/…"
+
+    def _short(self, exc: BaseException, endpoint: str) -> str:
+        text = _short(exc)
+        path = urlsplit(endpoint).path
+        return text.replace(path, "/…") if self.redact_path and len(path) > 1 else text
+
     def request(
         self,
         method: str,
@@ -406,7 +428,8 @@ class HttpClient:
         """
         method = method.upper()
         endpoint = self.endpoint(route)
-        where = f"{method} {endpoint}"
+        shown = self.shown(endpoint)
+        where = f"{method} {shown}"
         label = f"{self.name} " if self.name else ""
         deadline_s = deadline_s or self.policy.deadline_s
         limit = max_body_bytes or self.policy.max_body_bytes
@@ -437,7 +460,7 @@ class HttpClient:
                         where, f"an answer within {self.policy.read_timeout_s:g} s (read timeout)", f"{label}silence"
                     ) from exc
                 raise HttpUnavailable(
-                    where, "a connection", f"{label}{type(exc).__name__}: {_short(exc)} (after {self.policy.max_retries} retries)"
+                    where, "a connection", f"{label}{type(exc).__name__}: {self._short(exc, endpoint)} (after {self.policy.max_retries} retries)"
                 ) from exc
             with response:
                 declared = response.headers.get("Content-Length", "")
@@ -457,14 +480,14 @@ class HttpClient:
                     if watch.fired or watch.remaining() <= 0:
                         raise HttpDeadlineExceeded(where, f"an answer within {deadline_s:g} s", f"{late} ({size} bytes read)") from exc
                     raise HttpProtocolError(
-                        where, "a complete body", f"{label}{type(exc).__name__} after {size} bytes: {_short(exc)}", response.status_code
+                        where, "a complete body", f"{label}{type(exc).__name__} after {size} bytes: {self._short(exc, endpoint)}", response.status_code
                     ) from exc
                 if watch.fired:
                     raise HttpDeadlineExceeded(where, f"an answer within {deadline_s:g} s", f"{late} ({size} bytes read)")
                 history = getattr(getattr(response.raw, "retries", None), "history", ()) or ()
                 return HttpAnswer(
                     method=method,
-                    endpoint=endpoint,
+                    endpoint=shown,
                     status=response.status_code,
                     headers=dict(response.headers),
                     body=b"".join(chunks),
@@ -472,6 +495,7 @@ class HttpClient:
                     retries=len(history),
                 )
         finally:
+            watch.finish()
             timer.cancel()
             _CURRENT_WATCH.reset(token)
 

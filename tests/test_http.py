@@ -223,3 +223,16 @@ def test_a_post_can_be_declared_safe_for_one_call(server):
     assert len(server.hits("/p")) == 2
     server.script("/q", answer(503, {}), answer(200, {"ok": True}))
     assert client.request("POST", "/q", json={}).status == 503  # the client's default still holds
+
+
+def test_a_secret_in_the_url_path_stays_out_of_errors(server):
+    secret = "/services/T000/B000/s3cr3t"
+    server.script(secret, answer(500, {"error": "x"}))
+    client = HttpClient(server.url + secret, FAST, redact_path=True)
+    with pytest.raises(HttpError) as info:
+        client.request("POST", "", json={"text": "hi"}).expect(200)
+    assert "s3cr3t" not in str(info.value) and "127.0.0.1" in str(info.value)
+    down = HttpClient(free_port_refusing() + secret, FAST, redact_path=True)
+    with pytest.raises(HttpUnavailable) as info:
+        down.request("POST", "", json={})
+    assert "s3cr3t" not in str(info.value)
