@@ -236,3 +236,19 @@ def test_a_secret_in_the_url_path_stays_out_of_errors(server):
     with pytest.raises(HttpUnavailable) as info:
         down.request("POST", "", json={})
     assert "s3cr3t" not in str(info.value)
+
+
+def test_backoff_waits_never_run_past_the_deadline(server):
+    server.script("/x", answer(503, {"error": "busy"}))
+    client = HttpClient(server.url, HttpPolicy(backoff_base_s=0.4, backoff_cap_s=5, deadline_s=1))
+    error, took = timed(lambda: client.request("GET", "/x"))
+    assert isinstance(error, HttpDeadlineExceeded) and took < 1.1, (error, took)
+    assert 2 <= len(server.hits("/x")) <= 3  # retried while the deadline allowed, never past it
+
+
+def test_media_type_families(server):
+    server.script("/a", answer(200, b"RIFF....WAVE", content_type="audio/x-wav"))
+    client = HttpClient(server.url, FAST)
+    assert client.request("GET", "/a").expect(200, media_type="audio/*").body.startswith(b"RIFF")
+    with pytest.raises(HttpProtocolError, match="expected media type audio/wav; got audio/x-wav"):
+        client.request("GET", "/a").expect(200, media_type="audio/wav")
