@@ -1,7 +1,7 @@
 """image_scores, approved_images and quality_report on a night of images derived from the demo references.
 
 The generated_images manifest is written here in the shape its asset writes (the contract in
-hydra_assets/quality.py's docstring), and so is the queen's identity, so these tests need
+hydra_assets/quality/scoring.py's docstring), and so is the queen's identity, so these tests need
 neither a generator nor the reference job; the slow test runs the real reference job instead.
 """
 
@@ -21,10 +21,11 @@ import sqlalchemy as sa
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from hydra_assets.domain.demo_data import write_demo_data
+from hydra_assets.domain.publishing import publish_file
 from hydra_assets.domain.roster import load_queen
 from hydra_assets.domain.storage import StorageLayout, atomic_write_json, sha256_file
 from hydra_assets.partitions import QUEENS, queen_night_key
-from hydra_assets.quality import approved_images, image_scores, publish_file, quality_report
+from hydra_assets.quality import approved_images, image_scores, quality_report
 from resources.catalog import CatalogResource
 from resources.face import DlibFaceBackend
 from resources.metrics import MetricsPusher
