@@ -12,12 +12,12 @@ from hydra_assets.domain import quality
 from hydra_assets.domain.generation import type_folder
 from hydra_assets.domain.metrics import PipelineMetrics, record_partition
 from hydra_assets.domain.publishing import count_files, publish_file, withdraw_file
-from hydra_assets.domain.score_table import check_scores, decision_hash, manifest_ids
+from hydra_assets.domain.score_table import decision_hash
 from hydra_assets.domain.storage import StorageLayout, sha256_file
 from hydra_assets.metadata import CONTACT_SHEET_LIMIT, markdown_table, png_preview
 from hydra_assets.partition_mappings import queen_and_night
 from hydra_assets.partitions import queen_nights_partitions
-from hydra_assets.quality.inputs import read_generated_manifest, read_scores
+from hydra_assets.quality.inputs import read_scores
 from resources.catalog import COUNTED_ASSET_TYPES, CatalogResource
 from resources.metrics import MetricsPusher
 from resources.storage import HydraStorage
@@ -65,25 +65,13 @@ def _publish_rows(scores: pd.DataFrame, layout: StorageLayout, slug: str, night:
 @dg.asset(
     partitions_def=queen_nights_partitions,
     group_name="quality",
-    deps=["image_scores"],
+    deps=["image_scores"],  # whose blocking checks stop a bad score table before anything is published
     kinds={"png"},
     check_specs=[
         dg.AssetCheckSpec(
             APPROVAL_RATE_CHECK,
             asset="approved_images",
             description=f"The studio's alert: at least {quality.APPROVAL_ALERT_RATE:.0%} of the queen's images approved.",
-        ),
-        dg.AssetCheckSpec(
-            "every_image_scored_once",
-            asset="approved_images",
-            blocking=True,
-            description="Every image in the generated manifest has exactly one score row.",
-        ),
-        dg.AssetCheckSpec(
-            "scores_in_range",
-            asset="approved_images",
-            blocking=True,
-            description="Aesthetic 1-10, technical 0-100, face 0-1 (or no face), composite 0-1.",
         ),
     ],
     description="Approved images in the queen's asset folders, and every image of the night sorted into "
@@ -98,7 +86,6 @@ def approved_images(
     scores = read_scores(scores_path)
     if scores is None:
         raise dg.Failure(f"{scores_path} is missing or unreadable: materialize image_scores for {slug} on {night} first")
-    manifest = read_generated_manifest(layout, night, slug)
     published = _publish_rows(scores, layout, slug, night, context.log)
 
     counts = {
@@ -111,8 +98,6 @@ def approved_images(
     generated = len(scores)
     approved_count = int(scores["approved"].astype(bool).sum())
     rate = approved_count / generated if generated else 0.0
-    once, out_of_range = check_scores(scores, manifest_ids(manifest))
-    once_ok = not any(once.values())
     dashboard = PipelineMetrics()
     record_partition(dashboard, slug, scores.to_dict("records"), quality.SCORE_RANGES)
     queue = PipelineMetrics()
@@ -147,21 +132,6 @@ def approved_images(
                 description=None if generated and rate >= quality.APPROVAL_ALERT_RATE
                 else f"{approved_count} of {generated} images approved ({rate:.0%})",
                 metadata={"approval_rate": rate},
-            ),
-            dg.AssetCheckResult(
-                check_name="every_image_scored_once",
-                passed=once_ok,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=None if once_ok else "; ".join(f"{k}: {', '.join(v)}" for k, v in once.items() if v),
-                metadata={k: dg.MetadataValue.json(v) for k, v in once.items()},
-            ),
-            dg.AssetCheckResult(
-                check_name="scores_in_range",
-                passed=not out_of_range,
-                severity=dg.AssetCheckSeverity.ERROR,
-                description=None if not out_of_range
-                else "; ".join(f"{k}: {', '.join(v)}" for k, v in out_of_range.items()),
-                metadata={"out_of_range": dg.MetadataValue.json(out_of_range)},
             ),
         ],
     )

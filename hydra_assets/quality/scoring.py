@@ -34,6 +34,8 @@ from resources.scoring import AestheticScorer, TechnicalScorer
 from resources.storage import HydraStorage
 
 IDENTITY_FILE = "identity.npz"
+SCORED_ONCE_CHECK = "every_image_scored_once"
+SCORES_IN_RANGE_CHECK = "scores_in_range"
 FACE_ANALYSIS_MAX_SIDE = 768
 """Faces are looked for on a copy at most this long: a portrait's face stays far above the detectors'
 minimum (dlib's HOG about 80 px unsampled, InsightFace resizes to 640 anyway) and the embedders
@@ -189,6 +191,20 @@ def _with_decisions(frame: pd.DataFrame, decisions: quality.Decisions, previous_
         dg.AssetDep("reference_identity", partition_mapping=BY_QUEEN),
     ],
     kinds={"pytorch", "parquet"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            SCORED_ONCE_CHECK,
+            asset="image_scores",
+            blocking=True,
+            description="Every image in the generated manifest has exactly one score row.",
+        ),
+        dg.AssetCheckSpec(
+            SCORES_IN_RANGE_CHECK,
+            asset="image_scores",
+            blocking=True,
+            description="Aesthetic 1-10, technical 0-100, face 0-1 (or no face), composite 0-1.",
+        ),
+    ],
     description="Aesthetic, technical, face-match and composite scores of every image generated for the queen "
     "that night, and the gate's decision with its first failed reason.",
     **gpu_asset_kwargs("quality-scoring"),
@@ -278,7 +294,31 @@ def image_scores(
             "scores_file": dg.MetadataValue.path(str(scores_path)),
         },
         data_version=dg.DataVersion(table.decision_hash(frame)),
+        check_results=score_checks(frame, table.manifest_ids(manifest)),
     )
+
+
+def score_checks(frame: pd.DataFrame, ids: Sequence[str]) -> list[dg.AssetCheckResult]:
+    """Blocking: a table that misses an image or holds an impossible score stops approved_images."""
+    once, out_of_range = table.check_scores(frame, ids)
+    once_ok = not any(once.values())
+    return [
+        dg.AssetCheckResult(
+            check_name=SCORED_ONCE_CHECK,
+            passed=once_ok,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=None if once_ok else "; ".join(f"{k}: {', '.join(v)}" for k, v in once.items() if v),
+            metadata={k: dg.MetadataValue.json(v) for k, v in once.items()},
+        ),
+        dg.AssetCheckResult(
+            check_name=SCORES_IN_RANGE_CHECK,
+            passed=not out_of_range,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=None if not out_of_range
+            else "; ".join(f"{k}: {', '.join(v)}" for k, v in out_of_range.items()),
+            metadata={"out_of_range": dg.MetadataValue.json(out_of_range)},
+        ),
+    ]
 
 
 def _display_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
