@@ -45,7 +45,7 @@ overnight_job = dg.define_asset_job(
     "overnight_job",
     selection=dg.AssetSelection.assets(*OVERNIGHT_ASSETS),
     tags={OVERNIGHT_TAG: "true", **run_priority_tags("image-generation-sdxl", "quality-scoring")},
-    description="One queen × night: generate → score → publish. The night's report follows each run.",
+    description="One queen × night: generate → score → publish. The night's report follows the last queen's run.",
 )
 
 quality_report_job = dg.define_asset_job(
