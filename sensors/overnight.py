@@ -11,7 +11,8 @@ from hydra_assets.domain.roster import roster_files, slug_for_file
 from hydra_assets.partitions import QUEENS, queen_night_key
 from hydra_assets.quality.report import OVERNIGHT_START_HOUR
 from hydra_assets.settings import SETTINGS
-from jobs import OVERNIGHT_TAG, overnight_job
+from hydra_assets.run_tags import OVERNIGHT_TAG, TRIGGER_TAG
+from jobs import overnight_job
 from resources.storage import HydraStorage
 from sensors.events import cursor_after_latest
 
@@ -40,7 +41,7 @@ def overnight_request(queen: str, night: str, reason: str) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=f"{reason}:{night}|{queen}",
         partition_key=queen_night_key(queen, night),
-        tags={OVERNIGHT_TAG: "true", "hydra/trigger": reason},
+        tags={OVERNIGHT_TAG: "true", TRIGGER_TAG: reason},
     )
 
 
@@ -111,6 +112,6 @@ def build_report_automation_sensor(default_status: dg.DefaultSensorStatus) -> dg
         target=dg.AssetSelection.assets(QUALITY_REPORT),
         default_status=default_status,
         minimum_interval_seconds=60,
-        run_tags={"hydra/trigger": "automation"},
+        run_tags={TRIGGER_TAG: "automation"},
         description="Requests the night's quality report after the last of its queens' overnight runs.",
     )
