@@ -73,6 +73,28 @@ def summary_table(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str, An
     return rows
 
 
+def queen_columns() -> dict[str, str]:
+    """The per-queen table's columns and their types (for the UI's table schema)."""
+    columns = {"queen": "string", "generated": "int", "approved": "int", "rejected": "int", "approval_rate": "float"}
+    for column in SCORE_COLUMNS:
+        label = column.removesuffix("_score")
+        columns.update({f"{label}_mean": "float", f"{label}_p10": "float", f"{label}_p90": "float"})
+    return {**columns, "rejections": "string"}
+
+
+def queen_rows(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One typed row per group (queens, then overall): counts, rate, mean / p10 / p90 per score."""
+    rows = []
+    for name, group in summary.items():
+        row: dict[str, Any] = {key: group[key] for key in ("generated", "approved", "rejected", "approval_rate")}
+        for column, stats in group["scores"].items():
+            label = column.removesuffix("_score")
+            row.update({f"{label}_{k}": stats[k] for k in ("mean", "p10", "p90")})
+        reasons = ", ".join(f"{k}: {v}" for k, v in group["rejection_reasons"].items())
+        rows.append({"queen": name, **row, "rejections": reasons})
+    return rows
+
+
 def _format_stats(stats: Mapping[str, Any]) -> str:
     if not stats.get("count"):
         return "-"

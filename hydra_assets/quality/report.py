@@ -12,7 +12,7 @@ from hydra_assets.domain import quality
 from hydra_assets.domain import quality_report as figures
 from hydra_assets.domain.charts import histogram_png
 from hydra_assets.domain.storage import atomic_write_bytes, sha256_bytes
-from hydra_assets.metadata import markdown_table, png_preview
+from hydra_assets.metadata import png_preview, table
 from hydra_assets.partition_mappings import BY_NIGHT
 from hydra_assets.partitions import nights_partitions
 from hydra_assets.settings import SETTINGS
@@ -84,7 +84,7 @@ def quality_report(context: dg.AssetExecutionContext, storage: HydraStorage, cat
         "rejected": overall["rejected"],
         "approval_rate": overall["approval_rate"] if overall["approval_rate"] is not None else 0.0,
         "rejection_reasons": dg.MetadataValue.json(overall["rejection_reasons"]),
-        "table": markdown_table(figures.summary_table(summary)),
+        "table": table(figures.queen_rows(summary), figures.queen_columns()),
         "report": dg.MetadataValue.path(str(report_path)),
         "catalog_rows": written,
     }
