@@ -171,3 +171,8 @@ def test_the_report_sensor_evaluates_the_reports_condition(tmp_path):
     assert sensor.asset_selection.resolve(defs.resolve_asset_graph()) == {dg.AssetKey("quality_report")}
     condition = defs.resolve_asset_graph().get(dg.AssetKey("quality_report")).automation_condition
     assert condition.get_label() == "one report per night once its queens are done"
+    freshness = defs.resolve_asset_graph().get(dg.AssetKey("quality_report")).freshness_policy
+    # materialized between the 22:00 schedule and 07:00 the next morning, in the studio's timezone
+    assert (freshness.deadline_cron, freshness.lower_bound_delta) == ("0 7 * * *", dt.timedelta(hours=9))
+    assert freshness.timezone == SETTINGS.timezone
+    assert defs.resolve_schedule_def("overnight_schedule").cron_schedule == "0 22 * * *"
