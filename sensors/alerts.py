@@ -6,11 +6,12 @@ import dagster as dg
 
 from hydra_assets.domain.quality import APPROVAL_ALERT_RATE
 from hydra_assets.partition_mappings import queen_and_night
+from hydra_assets.quality.publishing import approved_images
 from hydra_assets.run_tags import PARTITION_TAG
 from resources.alerts import WebhookNotifier, webhook_body
 from sensors.events import cursor_after_latest
 
-APPROVED_IMAGES = dg.AssetKey("approved_images")
+APPROVED_IMAGES = approved_images.key
 ALERTED_MEMORY = 2000
 """Partition keys remembered as alerted; far more than a few weeks of queens × nights."""
 EVENTS_PER_TICK = 500

@@ -9,7 +9,8 @@ import dagster as dg
 
 from hydra_assets.domain.roster import roster_files, slug_for_file
 from hydra_assets.partitions import QUEENS, queen_night_key
-from hydra_assets.quality.report import OVERNIGHT_START_HOUR
+from hydra_assets.lora import QUEEN_LORA_KEY as QUEEN_LORA
+from hydra_assets.quality.report import OVERNIGHT_START_HOUR, quality_report
 from hydra_assets.settings import SETTINGS
 from hydra_assets.run_tags import OVERNIGHT_TAG, TRIGGER_TAG
 from jobs import overnight_job
@@ -18,7 +19,6 @@ from sensors.events import cursor_after_latest
 
 OVERNIGHT_JOB = overnight_job.name
 OVERNIGHT_CRON = f"0 {OVERNIGHT_START_HOUR} * * *"
-QUEEN_LORA = dg.AssetKey("queen_lora")
 LORA_EVENTS_PER_TICK = 500
 
 
@@ -102,14 +102,13 @@ def build_lora_ready_sensor(default_status: dg.DefaultSensorStatus) -> dg.Sensor
 
 
 REPORT_AUTOMATION_SENSOR = "quality_report_automation_sensor"
-QUALITY_REPORT = dg.AssetKey("quality_report")
 
 
 def build_report_automation_sensor(default_status: dg.DefaultSensorStatus) -> dg.AutomationConditionSensorDefinition:
     """Evaluates quality_report's automation condition: one report per night once its queens are done."""
     return dg.AutomationConditionSensorDefinition(
         REPORT_AUTOMATION_SENSOR,
-        target=dg.AssetSelection.assets(QUALITY_REPORT),
+        target=dg.AssetSelection.assets(quality_report),
         default_status=default_status,
         minimum_interval_seconds=60,
         run_tags={TRIGGER_TAG: "automation"},
