@@ -332,19 +332,27 @@ def test_an_image_already_approved_on_an_earlier_night_is_a_near_duplicate(night
     assert scores.loc[image_id("pose-000", NEXT_NIGHT), "approved"]
 
 
-def test_a_score_table_that_fails_its_checks_publishes_nothing(night):
+@pytest.mark.parametrize("breakage", ["entry outside the folder", "stale out-of-range score"])
+def test_a_score_table_that_fails_its_checks_publishes_nothing(night, breakage):
     """image_scores' blocking checks stop approved_images before a file or a catalog count is written."""
     layout: StorageLayout = night["layout"]
-    manifest_path = layout.generated_dir(NIGHT, SLUG) / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    outside = {**manifest["images"][0], "image_id": image_id("pose-009"), "file": "../../../elsewhere.png"}
-    atomic_write_json(manifest_path, {**manifest, "images": [*manifest["images"], outside]})
+    if breakage == "entry outside the folder":  # listed in the manifest, never scored
+        manifest_path = layout.generated_dir(NIGHT, SLUG) / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        outside = {**manifest["images"][0], "image_id": image_id("pose-009"), "file": "../../../elsewhere.png"}
+        atomic_write_json(manifest_path, {**manifest, "images": [*manifest["images"], outside]})
+        failed, findings = "every_image_scored_once", ("missing", [image_id("pose-009")])
+    else:  # an earlier table's impossible score, reused because file and backends are unchanged
+        scores = pd.read_parquet(layout.scores_path(NIGHT, SLUG))
+        scores.loc[scores["image_id"] == image_id("pose-002"), "aesthetic_score"] = 12.0
+        scores.to_parquet(layout.scores_path(NIGHT, SLUG), index=False)
+        failed, findings = "scores_in_range", ("out_of_range", {"aesthetic_score": [image_id("pose-002")]})
 
     result = materialize(night, [image_scores, approved_images], queen_night_key(SLUG, NIGHT), raise_on_error=False)
     assert not result.success
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
-    assert not checks["every_image_scored_once"].passed and checks["every_image_scored_once"].blocking
-    assert checks["every_image_scored_once"].metadata["missing"].value == [image_id("pose-009")]
+    assert not checks[failed].passed and checks[failed].blocking
+    assert checks[failed].metadata[findings[0]].value == findings[1]
     assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == ["image_scores"]
     assert not layout.overnight(NIGHT).joinpath("approved").exists()
     assert not layout.overnight(NIGHT).joinpath("rejected").exists()
