@@ -1,7 +1,7 @@
 """image_scores, approved_images and quality_report on a night of images derived from the demo references.
 
 The generated_images manifest is written here in the shape its asset writes (the contract in
-hydra_assets/quality.py's docstring), and so is the queen's identity, so these tests need
+hydra_assets/quality/scoring.py's docstring), and so is the queen's identity, so these tests need
 neither a generator nor the reference job; the slow test runs the real reference job instead.
 """
 
@@ -21,10 +21,11 @@ import sqlalchemy as sa
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from hydra_assets.domain.demo_data import write_demo_data
+from hydra_assets.domain.publishing import publish_file
 from hydra_assets.domain.roster import load_queen
 from hydra_assets.domain.storage import StorageLayout, atomic_write_json, sha256_file
 from hydra_assets.partitions import QUEENS, queen_night_key
-from hydra_assets.quality import approved_images, image_scores, publish_file, quality_report
+from hydra_assets.quality import approved_images, image_scores, quality_report
 from resources.catalog import CatalogResource
 from resources.face import DlibFaceBackend
 from resources.metrics import MetricsPusher
@@ -144,7 +145,7 @@ def quality_resources(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def scored_night(tmp_path_factory) -> tuple[Path, dict]:
+def scored_night(tmp_path_factory) -> tuple[Path, dict, dict]:
     """Demo roster, identity, one night of images, the queen's catalog row, and image_scores run
     once over them (face detection is most of a test's time, so the night is scored only here)."""
     root = tmp_path_factory.mktemp("scored")
@@ -161,13 +162,13 @@ def scored_night(tmp_path_factory) -> tuple[Path, dict]:
                                 instance=instance)
         assert result.success
     resources["catalog"].dispose()
-    return root, metadata(result, "image_scores")
+    return root, metadata(result, "image_scores"), {c.check_name: c for c in result.get_asset_check_evaluations()}
 
 
 @pytest.fixture
 def night(scored_night, tmp_path):
     """A private copy of the scored night, with its own Dagster instance."""
-    prepared, _ = scored_night
+    prepared, _, _ = scored_night
     root = tmp_path / "night"
     shutil.copytree(prepared, root)
     resources = quality_resources(root)
@@ -222,7 +223,8 @@ def test_a_night_is_scored_gated_published_and_reported(scored_night, night):
     assert samples[f'hydra_images_generated_total{{approved="true",asset_type="pose",queen_slug="{SLUG}"}}'] == 1
     assert "hydra_queue_depth" in samples
 
-    _, scored = scored_night
+    _, scored, score_checks = scored_night
+    assert score_checks["every_image_scored_once"].passed and score_checks["scores_in_range"].passed
     assert (scored["generated"], scored["approved"], scored["scored"], scored["reused"]) == (9, 2, 8, 0)
     assert scored["unreadable"] == [image_id("expression-002")] and scored["failed_in_generation"] == 1
 
@@ -255,7 +257,6 @@ def test_a_night_is_scored_gated_published_and_reported(scored_night, night):
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert not checks["approval_rate_at_least_half"].passed
     assert checks["approval_rate_at_least_half"].severity == dg.AssetCheckSeverity.WARN
-    assert checks["every_image_scored_once"].passed and checks["scores_in_range"].passed
 
     report = materialize(night, [quality_report], NIGHT)
     assert report.success
@@ -318,6 +319,26 @@ def test_an_image_already_approved_on_an_earlier_night_is_a_near_duplicate(night
     first = scores.loc[image_id("portrait-000", NEXT_NIGHT)]
     assert (first["rejection_reason"], first["near_duplicate_of"]) == ("near_duplicate", kept)
     assert scores.loc[image_id("pose-000", NEXT_NIGHT), "approved"]
+
+
+def test_a_score_table_that_fails_its_checks_publishes_nothing(night):
+    """image_scores' blocking checks stop approved_images before a file or a catalog count is written."""
+    layout: StorageLayout = night["layout"]
+    manifest_path = layout.generated_dir(NIGHT, SLUG) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    outside = {**manifest["images"][0], "image_id": image_id("pose-009"), "file": "../../../elsewhere.png"}
+    atomic_write_json(manifest_path, {**manifest, "images": [*manifest["images"], outside]})
+
+    result = materialize(night, [image_scores, approved_images], queen_night_key(SLUG, NIGHT), raise_on_error=False)
+    assert not result.success
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["every_image_scored_once"].passed and checks["every_image_scored_once"].blocking
+    assert checks["every_image_scored_once"].metadata["missing"].value == [image_id("pose-009")]
+    assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == ["image_scores"]
+    assert not layout.overnight(NIGHT).joinpath("approved").exists()
+    assert not layout.overnight(NIGHT).joinpath("rejected").exists()
+    assert not layout.approved_images(SLUG, "portraits").exists()
+    assert query(night["catalog_url"], f"select portrait_count, pose_count from queens where slug = '{SLUG}'") == [(0, 0)]
 
 
 @pytest.mark.parametrize(
