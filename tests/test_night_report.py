@@ -16,7 +16,8 @@ from hydra_assets.domain.night_report import (
     overrides_snippet,
     rejected_ids_by_reason,
 )
-from hydra_assets.domain.quality import Thresholds, parse_overrides
+from hydra_assets.domain.overrides import parse_overrides
+from hydra_assets.domain.quality import Thresholds
 from hydra_assets.domain.threshold_suggestions import reversal_counts, suggest_thresholds
 
 NIGHT = "2026-11-20"

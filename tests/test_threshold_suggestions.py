@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from hydra_assets.domain import quality
-from hydra_assets.domain.quality import Override, Thresholds
+from hydra_assets.domain.overrides import Override
+from hydra_assets.domain.quality import Thresholds
 from hydra_assets.domain.threshold_suggestions import (
     CANDIDATES,
     auto_reason,

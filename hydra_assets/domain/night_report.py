@@ -18,19 +18,18 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from hydra_assets.domain.markdown import markdown_table
 from hydra_assets.domain.quality import (
+    APPROVAL_ALERT_RATE,
     APPROVAL_MANUAL,
-    OVERALL,
     REASON_UNREADABLE,
     Thresholds,
     format_threshold,
-    group_summary,
 )
+from hydra_assets.domain.quality_report import OVERALL, group_summary
 from hydra_assets.domain.rejections import SCORE_DIGITS, SCORE_LABELS, SCORE_TYPES, reason_detail
 from hydra_assets.domain.threshold_suggestions import Reversals, ThresholdSuggestion
 
-ALERT_RATE = 0.5
-"""SPEC: a queen whose approval rate falls below this needs attention."""
 NOT_RUN = "not run"
 RAN = "run"
 REVIEWER_PLACEHOLDER = "your-name"
@@ -139,7 +138,7 @@ class NightReport:
     @property
     def low_rate(self) -> list[str]:
         return [q.slug for q in self.queens if q.summary and q.summary["approval_rate"] is not None
-                and q.summary["approval_rate"] < ALERT_RATE]
+                and q.summary["approval_rate"] < APPROVAL_ALERT_RATE]
 
     # -------------------------------------------------------------------------- table
 
@@ -202,12 +201,12 @@ class NightReport:
             "",
             "Scores: median (p10-p90).",
             "",
-            _markdown_table(self._queen_rows()),
+            markdown_table(self._queen_rows()),
             "",
         ]
         if self.low_rate:
-            lines += [f"**Alert:** approval rate below {ALERT_RATE:.0%} for {', '.join(self.low_rate)}.", ""]
-        lines += ["## Score distributions", "", _markdown_table(self._distribution_rows()), ""]
+            lines += [f"**Alert:** approval rate below {APPROVAL_ALERT_RATE:.0%} for {', '.join(self.low_rate)}.", ""]
+        lines += ["## Score distributions", "", markdown_table(self._distribution_rows()), ""]
         lines += self._rejected_section()
         lines += self._overrides_section()
         lines += self._suggestions_section()
@@ -287,7 +286,7 @@ class NightReport:
         lines = ["## Learned thresholds (suggestions, never applied)", ""]
         if self.reversals:
             lines += [
-                _markdown_table([
+                markdown_table([
                     {"queen": r.queen, "manual decisions": r.manual, "reversed": r.reversed,
                      "approved against the gate": r.approved_against_gate,
                      "rejected against the gate": r.rejected_against_gate}
@@ -300,7 +299,7 @@ class NightReport:
                 "Where one threshold alone decided an image, the cut that agrees best with people "
                 "(ties: nearest the current value). Change the roster's `*_threshold` to adopt one.",
                 "",
-                _markdown_table([
+                markdown_table([
                     {"queen": s.queen, "score": s.score, "current": format_threshold(s.current),
                      "suggested": format_threshold(s.suggested) + ("" if s.changed else " (keep)"),
                      "decisions": s.labelled, "reversed": s.reversed,
@@ -318,15 +317,6 @@ def _median_cell(stats: Mapping[str, Any] | None, digits: int) -> str:
     p10, p50, p90 = (f"{stats[k]:.{digits}f}" for k in QUANTILES)
     return f"{p50} ({p10}-{p90})"
 
-
-def _markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:
-    if not rows:
-        return "_none_"
-    columns = list(rows[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row.get(c, "")).replace("|", "\\|").replace("\n", " ") for c in columns) + " |")
-    return "\n".join(lines)
 
 
 def rejected_ids_by_reason(frame: pd.DataFrame) -> dict[str, list[str]]:
