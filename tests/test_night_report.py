@@ -57,6 +57,8 @@ def test_rates_are_rounded_to_one_decimal(rate, text):
     [
         ({"has_lora": False}, "no LoRA"),
         ({"has_references": False, "has_lora": False}, "no references; no LoRA"),
+        ({"references_processed": False}, "references not processed"),
+        ({"has_references": False, "references_processed": False}, "no references"),
         ({"failed_run": "run 1a2b3c: generated_images failed"}, "run failed (run 1a2b3c: generated_images failed)"),
         ({"has_lora": False, "failed_run": "run 9"}, "no LoRA; run failed (run 9)"),
         ({"roster_error": "tier: not a tier"}, "roster file invalid (tier: not a tier)"),

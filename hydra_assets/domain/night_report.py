@@ -49,17 +49,21 @@ def not_run_reason(
     *,
     roster_error: str | None = None,
     has_references: bool = True,
+    references_processed: bool = True,
     has_lora: bool = True,
     failed_run: str | None = None,
     has_images: bool = False,
 ) -> str | None:
     """Why a queen has no images tonight, every cause that applies, most fundamental first;
-    None when she has images and nothing went wrong. ``failed_run`` names the failed run."""
+    None when she has images and nothing went wrong. ``has_references``: photos in her reference
+    folder; ``references_processed``: reference_images accepted some; ``failed_run`` names the run."""
     causes = []
     if roster_error:
         causes.append(f"roster file invalid ({roster_error})")
     if not has_references:
         causes.append("no references")
+    elif not references_processed:
+        causes.append("references not processed")
     if not has_lora:
         causes.append("no LoRA")
     if failed_run:

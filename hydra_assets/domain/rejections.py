@@ -77,8 +77,9 @@ def reason_detail(row: Mapping[str, Any]) -> str | None:
     return None
 
 
-def rejection_entry(row: Mapping[str, Any], thresholds: Thresholds, file_name: str | None) -> dict[str, Any]:
-    """One rejected image's entry; ``file_name`` is its file in the rejected folder (None if not placed)."""
+def rejection_entry(row: Mapping[str, Any], thresholds: Thresholds | None, file_name: str | None) -> dict[str, Any]:
+    """One rejected image's entry; ``file_name`` is its file in the rejected folder (None if not placed),
+    ``thresholds`` the queen's (None when her roster file cannot be read now)."""
     reason = text(row.get("rejection_reason"))
     return {
         "reason": reason,
@@ -91,7 +92,7 @@ def rejection_entry(row: Mapping[str, Any], thresholds: Thresholds, file_name: s
             **{name: number(row.get(column)) for name, column in SCORE_TYPES.items()},
             "composite": number(row.get(COMPOSITE)),
         },
-        "thresholds": thresholds.as_dict(),
+        "thresholds": None if thresholds is None else thresholds.as_dict(),
         "near_duplicate_of": text(row.get("near_duplicate_of")),
         "file": file_name,
         "source": text(row.get("file_path")),
@@ -102,7 +103,7 @@ def reasons_document(
     queen: str,
     night: str,
     rows: Iterable[Mapping[str, Any]],
-    thresholds: Thresholds,
+    thresholds: Thresholds | None,
     files: Mapping[str, str | None],
 ) -> dict[str, Any]:
     """``reasons.json`` for one queen × night: every rejected row (approved rows are left out).
@@ -123,7 +124,7 @@ def reasons_document(
         "version": REASONS_VERSION,
         "queen": queen,
         "night": night,
-        "thresholds": thresholds.as_dict(),
+        "thresholds": None if thresholds is None else thresholds.as_dict(),
         "rejected": len(images),
         "by_reason": dict(sorted(by_reason.items())),
         "images": dict(sorted(images.items())),
