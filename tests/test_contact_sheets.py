@@ -238,3 +238,60 @@ def test_reasons_json_holds_every_rejected_image_and_nothing_else():
     shuffled = reasons_json(reasons_document("q", "2026-11-20", score_rows()[::-1], thresholds,
                                              {"q-3": "q-3-0123456789abcdef.png", "q-2": "q-2.png"}))
     assert shuffled == data, "the same decisions give the same bytes, so a re-run rewrites nothing new"
+
+
+# ------------------------------------------------------------------------------ the files on disk
+
+
+def partition_scores(layout, slug, decisions):
+    """Score rows for ``slug`` whose files exist under the layout, one per (type, approved, reason)."""
+    rows = []
+    for n, (asset_type, approved, reason) in enumerate(decisions):
+        path = layout.generated_dir("2026-11-20", slug) / asset_type / f"{slug}-{n}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (64, 64), RED if approved else BLUE).save(path)
+        rows.append({"image_id": f"{slug}-{n}", "asset_type": asset_type, "approved": approved,
+                     "approval_method": "auto", "rejection_reason": reason, "near_duplicate_of": None,
+                     "face_match_score": 0.5, "technical_score": 80.0, "aesthetic_score": 7.0, "composite_score": 0.6,
+                     "file_path": path.relative_to(layout.root).as_posix()})
+    return pd.DataFrame(rows)
+
+
+def test_review_files_are_the_queens_own_and_leave_no_stale_sheet(tmp_path):
+    from hydra_assets.domain.review_files import review_links, write_review_files
+    from hydra_assets.domain.storage import StorageLayout
+
+    layout = StorageLayout(tmp_path)
+    nova = partition_scores(layout, "nova", [("pose", True, None), ("pose", False, "face<0.7"), ("portrait", True, None)])
+    longer = partition_scores(layout, "nova-sterling", [("pose", False, "no_face")])
+    write_review_files(layout, "nova-sterling", "2026-11-20", longer, None, {"nova-sterling-0": "nova-sterling-0.png"})
+    files = write_review_files(layout, "nova", "2026-11-20", nova, DEFAULT_THRESHOLDS, {"nova-1": "nova-1.png"})
+
+    sheets_dir = layout.contact_sheets_dir("2026-11-20")
+    assert sorted(p.name for p in sheets_dir.iterdir()) == [
+        "nova-approved-portrait.png", "nova-approved-pose.png", "nova-rejected-portrait.png", "nova-rejected-pose.png",
+        "nova-sterling-approved-pose.png", "nova-sterling-rejected-pose.png"], "no temp files, one sheet per name"
+    assert set(files.sheets) == {"approved portrait", "approved pose", "rejected portrait", "rejected pose"}
+    reasons = json.loads(files.reasons.read_text())
+    assert files.reasons == layout.rejection_reasons_path("2026-11-20", "nova")
+    assert list(reasons["images"]) == ["nova-1"] and reasons["images"]["nova-1"]["file"] == "nova-1.png"
+    assert json.loads(layout.rejection_reasons_path("2026-11-20", "nova-sterling").read_text())["thresholds"] is None
+
+    links = review_links(layout, "2026-11-20", "nova", nova["asset_type"].tolist())
+    assert [path for _, path in links] == [
+        "contact_sheets/nova-approved-portrait.png", "contact_sheets/nova-approved-pose.png",
+        "contact_sheets/nova-rejected-portrait.png", "contact_sheets/nova-rejected-pose.png", "rejected/nova/reasons.json"]
+    assert not any("sterling" in path for _, path in links), "a slug that prefixes another never takes its files"
+
+    # a person approves the rejected pose: the rejected pose sheet is rewritten as empty, never left stale
+    before = (sheets_dir / "nova-rejected-pose.png").read_bytes()
+    nova.loc[1, ["approved", "rejection_reason", "approval_method"]] = [True, None, "manual"]
+    files = write_review_files(layout, "nova", "2026-11-20", nova, DEFAULT_THRESHOLDS, {})
+    after = Image.open(sheets_dir / "nova-rejected-pose.png")
+    assert (sheets_dir / "nova-rejected-pose.png").read_bytes() != before
+    blue = lambda image: (np.abs(np.asarray(image, dtype=int) - BLUE).sum(axis=2) < 10).sum()
+    assert blue(Image.open(io.BytesIO(before))) > 1000 and blue(after) == 0, "the approved image's tile is gone"
+    assert json.loads(files.reasons.read_text())["images"] == {}
+
+
+DEFAULT_THRESHOLDS = Thresholds(6.5, 70.0, 0.7)

@@ -408,6 +408,24 @@ def test_a_score_table_that_fails_its_checks_publishes_nothing(night):
     assert query(night["catalog_url"], f"select portrait_count, pose_count from queens where slug = '{SLUG}'") == [(0, 0)]
 
 
+def test_the_report_says_whose_run_failed(night):
+    """A queen with no images and a failed run, and one whose images stand but whose last run failed."""
+    layout: StorageLayout = night["layout"]
+    night["instance"].add_dynamic_partitions(QUEENS, ["ada-marlowe"])
+    ada = materialize(night, [image_scores], queen_night_key("ada-marlowe", NIGHT), raise_on_error=False)
+    layout.overrides_path(NIGHT, SLUG).parent.mkdir(parents=True)
+    layout.overrides_path(NIGHT, SLUG).write_text(f"{image_id('pose-000')}: {{decision: maybe, by: maria}}\n")
+    nova = materialize(night, [image_scores], queen_night_key(SLUG, NIGHT), raise_on_error=False)
+    assert not ada.success and not nova.success
+
+    assert materialize(night, [quality_report], NIGHT).success
+    meta = metadata_of_last(night, "quality_report")
+    assert meta["not_run"] == {"ada-marlowe": f"references not processed; no LoRA; run failed (run {ada.run_id[:8]})"}
+    text = layout.report_path(NIGHT).read_text()
+    assert f"| ada-marlowe | not run: references not processed; no LoRA; run failed (run {ada.run_id[:8]}) | - |" in text
+    assert f"| {SLUG} | run (run failed (run {nova.run_id[:8]})) | 9 | 2 | 7 | 22.2 % |" in text, "the last scores still stand"
+
+
 @pytest.mark.parametrize(
     ("breakage", "message"),
     [
