@@ -295,3 +295,20 @@ def test_review_files_are_the_queens_own_and_leave_no_stale_sheet(tmp_path):
 
 
 DEFAULT_THRESHOLDS = Thresholds(6.5, 70.0, 0.7)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "I;16"])
+def test_thumbnails_of_every_mode_are_upright_rgb_within_the_tile(tmp_path, mode):
+    """A sideways phone photo (EXIF orientation 6) and the modes generators and editors write."""
+    base = Image.new("RGB", (400, 200), RED)
+    base.paste(BLUE, (0, 0, 100, 200))  # blue on the left, before rotation
+    image = base.convert(mode) if mode != "I;16" else Image.fromarray((np.asarray(base.convert("L"), np.uint16) * 257))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    path = tmp_path / f"photo-{mode.replace(';', '')}.png"
+    image.save(path, exif=exif)
+    thumbnail = sheets.thumbnail_of(path, 288)
+    assert thumbnail.mode == "RGB" and thumbnail.size == (144, 288), "fitted into the tile after turning upright"
+    if mode in ("RGB", "RGBA", "P"):
+        top = np.asarray(thumbnail)[:20].reshape(-1, 3).mean(axis=0)
+        assert top[2] > 150 and top[0] < 100, "the left edge is on top once turned clockwise"

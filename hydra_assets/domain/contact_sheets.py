@@ -28,7 +28,8 @@ TITLE_FONT_SIZE = 20
 LABEL_LINES = 4
 """Two lines for the id (long ids wrap at hyphens), one for the decision, one for the reason."""
 LINE_SPACING = 3
-PNG_COMPRESS_LEVEL = 6
+PNG_COMPRESS_LEVEL = 3
+"""zlib level: about twice as fast as 6 on a sheet of photos for ~5 % more bytes."""
 
 BACKGROUND = (248, 248, 248)
 TEXT = (30, 30, 30)
@@ -41,6 +42,7 @@ BREAK_AFTER = "-_ <>/:"
 """Label text wraps after these characters, so an image id breaks between its parts."""
 
 DECISIONS = ("approved", "rejected")
+RESIZE_FIRST_MODES = frozenset({"RGB", "RGBA", "L", "LA"})
 
 Font = ImageFont.ImageFont | ImageFont.FreeTypeFont
 
@@ -171,7 +173,10 @@ def thumbnail_of(path: Path, size: int) -> Image.Image | None:
     try:
         with Image.open(path) as image:
             image.draft("RGB", (size, size))  # JPEG decodes at a reduced scale: far less work
-            thumbnail = normalize_image(image)
+            if image.mode in RESIZE_FIRST_MODES:  # shrink, then normalize the small copy: half the time
+                image.thumbnail((size, size), Image.Resampling.LANCZOS)  # a square bound still fits once rotated
+                return normalize_image(image)
+            thumbnail = normalize_image(image)  # palette and 16-bit images: normalized as the gate reads them
     except Exception:  # Pillow raises many types on damaged or hostile files (bombs included)
         return None
     thumbnail.thumbnail((size, size), Image.Resampling.LANCZOS)
