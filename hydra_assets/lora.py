@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 from safetensors import SafetensorError
 
 from hydra_assets.domain import lora as domain
-from hydra_assets.domain.roster import Queen, RosterError
+from hydra_assets.domain.roster import Queen
 from hydra_assets.domain.storage import (
     StorageLayout,
     atomic_create_bytes,
@@ -21,19 +21,18 @@ from hydra_assets.domain.storage import (
     sha256_bytes,
     sha256_file,
 )
+from hydra_assets.failures import load_queen
 from hydra_assets.gpu import gpu_asset_kwargs
 from hydra_assets.metadata import markdown_table, png_preview
 from hydra_assets.partitions import queens_partitions
+from hydra_assets.run_tags import LORA_LOCK_TAG, PARTITION_TAG
 from resources.catalog import CatalogResource, QueenRow
 from resources.lora_training import LoraTrainer, TrainingImage, TrainingProgress, read_lora_header, serialize_lora
 from resources.storage import HydraStorage
 
 WORKLOAD = "lora-training-sdxl"
-LOCK_TAG = "hydra/lora-queen"
-"""Run tag whose per-value concurrency limit of 1 (dagster.yaml) keeps one training per queen."""
 LORA_JOB = "queen_lora_job"
 QUEEN_LORA_KEY = dg.AssetKey("queen_lora")
-PARTITION_TAG = "dagster/partition"
 IN_PROGRESS_STATUSES = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)
 CURVE_SIZE = (360, 150)
 
@@ -65,10 +64,7 @@ def queen_lora(
 ):
     slug = context.partition_key
     layout = storage.layout
-    try:
-        queen = storage.load_queen(slug)
-    except RosterError as error:
-        raise dg.Failure(description=str(error), metadata={"file": str(error.path), "field": error.field}) from error
+    queen = load_queen(storage, slug)
 
     manifest_path = layout.reference_manifest(slug)
     identity_path = layout.identity_dir(slug) / "identity.json"
@@ -306,7 +302,7 @@ def _train_new_version(
     if not atomic_create_bytes(version_path, data):
         raise dg.Failure(
             f"{version_path} appeared while {slug} was training: another training of this queen ran at the "
-            f"same time (the {LOCK_TAG} run tag should prevent that); nothing was overwritten"
+            f"same time (the {LORA_LOCK_TAG} run tag should prevent that); nothing was overwritten"
         )
     info = _publish_current(layout, slug, version_path, data, domain.ours_from_header(header), strength)
     catalog.record_lora_version(

@@ -11,13 +11,11 @@ from PIL import Image
 from hydra_assets.domain import images
 from hydra_assets.domain.identity import summarize_identity
 from hydra_assets.domain.storage import atomic_write_bytes, atomic_write_json, read_json
-from hydra_assets.metadata import markdown_table, png_preview
+from hydra_assets.metadata import CONTACT_SHEET_LIMIT, markdown_table, png_preview
 from hydra_assets.partitions import queens_partitions
 from resources.catalog import CatalogResource
 from resources.face import FaceBackend
 from resources.storage import HydraStorage
-
-CONTACT_SHEET_LIMIT = 24
 
 
 class ReferenceImagesConfig(dg.Config):

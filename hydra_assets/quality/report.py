@@ -1,11 +1,14 @@
 """quality_report: one night summed up for the studio, every roster queen included (report.md + quality_metrics)."""
 
 import datetime as dt
+import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pandas as pd
+from dagster import AutomationCondition
 
 from hydra_assets.domain import quality
 from hydra_assets.domain import quality_report as figures
@@ -19,13 +22,44 @@ from hydra_assets.metadata import png_preview
 from hydra_assets.partition_mappings import BY_NIGHT
 from hydra_assets.partitions import nights_partitions, queen_night_key
 from hydra_assets.quality.inputs import read_scores
+from hydra_assets.run_tags import PARTITION_TAG
+from hydra_assets.settings import SETTINGS
 from resources.catalog import CatalogResource
 from resources.storage import HydraStorage
 
 LEARNING_NIGHTS = 30
 """Manual decisions of this many nights (up to the report's) teach the threshold suggestions."""
 LEARNING_COLUMNS = ["queen", "approved", "approval_method", "near_duplicate_of", *quality.SCORE_COLUMNS]
-PARTITION_TAG = "dagster/partition"
+
+OVERNIGHT_START_HOUR = 22
+"""The overnight schedule's hour (sensors/overnight.py builds its cron from it): no report exists before it."""
+REPORT_DEADLINE_HOUR = 7
+"""The studio reads the night's report in the morning: it is due by this hour (studio timezone)."""
+
+QUEENS_PUBLISHED = AutomationCondition.any_deps_updated().since_last_handled().with_label(
+    "a queen's approved_images of the night updated since the last report"
+)
+QUEENS_STILL_RUNNING = AutomationCondition.any_deps_in_progress().with_label(
+    "a queen of the night still queued or running"
+)
+REPORT_RUNNING = AutomationCondition.in_progress().with_label("the report is already running")
+REPORT_CONDITION = (QUEENS_PUBLISHED & ~QUEENS_STILL_RUNNING & ~REPORT_RUNNING).with_label(
+    "one report per night once its queens are done"
+)
+"""Not eager(): eager() also fires when a night's partition appears (an empty report at midnight),
+waits for every queen partition to exist (a queen without a LoRA would block the night forever)
+and looks only at the latest night (runs finish after midnight, and a morning override re-runs
+an older night). Queued overnight runs count as in progress, so a night of N queens gets one
+report after the last of them, and a later re-run of one queen refreshes it once."""
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.PreviewWarning)  # freshness policies are a preview in 1.13
+    REPORT_FRESHNESS = dg.FreshnessPolicy.cron(
+        deadline_cron=f"0 {REPORT_DEADLINE_HOUR} * * *",
+        lower_bound_delta=timedelta(hours=(REPORT_DEADLINE_HOUR - OVERNIGHT_START_HOUR) % 24),
+        timezone=SETTINGS.timezone,
+    )
+"""The night's report is materialized between the overnight start and the morning deadline."""
 
 
 def _night_frame(layout: StorageLayout, night: str) -> pd.DataFrame:
@@ -84,6 +118,8 @@ def _learning_rows(layout: StorageLayout, night: str, log) -> list[dict[str, Any
     group_name="quality",
     deps=[dg.AssetDep("approved_images", partition_mapping=BY_NIGHT)],
     kinds={"markdown"},
+    automation_condition=REPORT_CONDITION,
+    freshness_policy=REPORT_FRESHNESS,
     description="The night's quality figures for every queen of the roster (not run: why), overall, rejected "
     "image ids per reason, an overrides snippet and learned-threshold suggestions (report.md, quality_metrics).",
 )
