@@ -89,13 +89,9 @@ def overrides_snippet(frame: pd.DataFrame, reviewer: str = REVIEWER_PLACEHOLDER)
         comment = " ".join((f"{reason}" + (f" ({detail})" if detail else "")).split())  # one line, whatever the text
         lines.append((str(reason), str(row["image_id"]), comment))
     return "".join(
-        f"{_yaml_key(image_id)}: {{decision: approve, by: {_yaml_scalar(reviewer)}}}  # {comment}\n"
+        f"{_yaml_scalar(image_id)}: {{decision: approve, by: {_yaml_scalar(reviewer)}}}  # {comment}\n"
         for _, image_id, comment in sorted(lines)
     )
-
-
-def _yaml_key(value: str) -> str:
-    return _yaml_scalar(value)
 
 
 def _yaml_scalar(value: str) -> str:
