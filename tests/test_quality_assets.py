@@ -235,6 +235,10 @@ def test_a_night_is_scored_gated_published_and_reported(scored_night, night):
     assert score_checks["every_image_scored_once"].passed and score_checks["scores_in_range"].passed
     assert (scored["generated"], scored["approved"], scored["scored"], scored["reused"]) == (9, 2, 8, 0)
     assert scored["unreadable"] == [image_id("expression-002")] and scored["failed_in_generation"] == 1
+    score_rows = {r.data["image"]: r.data for r in scored["scores"].records}
+    assert score_rows[image_id("expression-002")]["aesthetic"] is None
+    assert score_rows[image_id("expression-002")]["decision"] == "unreadable"
+    assert 0.0 <= score_rows[image_id("pose-002")]["composite"] <= 1.0
 
     # catalog rows mirror the parquet
     rows = query(night["catalog_url"], "select file_path, approved, rejection_reason, seed, approval_method, "
@@ -321,6 +325,12 @@ def test_a_night_is_scored_gated_published_and_reported(scored_night, night):
     assert report_meta["rejection_reasons"] == {
         "aesthetic<6.5": 1, "face<0.7": 1, "near_duplicate": 1, "no_face": 1, "technical<70": 2, "unreadable": 1}
     assert report_meta["histogram"].startswith("![scores")
+    # the report's table (every roster queen, then overall; its schema is checked above)
+    assert (rows[SLUG]["queen"], rows[SLUG]["generated"], rows[SLUG]["approved"]) == (SLUG, 9, 2)
+    assert rows["overall"]["queen"] == "overall" and rows["overall"]["approval_rate_pct"] == round(100 * 2 / 9, 1)
+    assert all(c.description for c in report_meta["table"].schema.columns), "every column says what it holds"
+    per_type = {r.data["type"]: (r.data["approved"], r.data["rejected"]) for r in published_meta["per_type"].records}
+    assert per_type == {"expression": (0, 3), "portrait": (1, 2), "pose": (1, 2)}
     metrics = query(night["catalog_url"], "select queen_id is null, granularity, total_generated, total_approved, "
                     "approval_rate, rejection_breakdown from quality_metrics order by queen_id is null")
     assert [(m[0], m[1], m[2], m[3]) for m in metrics] == [(0, "daily", 9, 2), (1, "daily", 9, 2)]

@@ -35,3 +35,24 @@ def histogram_png(frame: pd.DataFrame) -> bytes:
         ax.tick_params(labelsize=8)
     axes[0].legend(fontsize=8)
     return _png(figure)
+
+
+LOSS_COLOUR = "#aaaaaa"
+SMOOTHED_COLOUR = "#1e5ac8"
+
+
+def loss_curve_png(losses: list[float], initial: float, final: float) -> bytes:
+    """The step losses (grey) and their running mean over a tenth of the steps (blue), for the metadata preview."""
+    values = np.array([v for v in losses if v == v] or [initial, final], dtype=np.float64)
+    figure = Figure(figsize=(4.5, 1.9), dpi=80, layout="constrained")
+    ax = figure.subplots()
+    steps = np.arange(1, len(values) + 1)
+    if len(values) > 1:
+        window = max(1, len(values) // 10)
+        running = pd.Series(values).rolling(window, min_periods=1).mean()
+        ax.plot(steps, values, color=LOSS_COLOUR, linewidth=1, label="step")
+        ax.plot(steps, running, color=SMOOTHED_COLOUR, linewidth=2, label="running mean")
+        ax.legend(fontsize=7, frameon=False)
+    ax.set_xlabel(f"{len(losses)} steps  loss {initial:.4f} -> {final:.4f}", fontsize=8)
+    ax.tick_params(labelsize=7)
+    return _png(figure)

@@ -16,7 +16,7 @@ from hydra_assets.domain.review_files import write_review_files
 from hydra_assets.domain.roster import RosterError
 from hydra_assets.domain.score_table import decision_hash
 from hydra_assets.domain.storage import StorageLayout, sha256_file
-from hydra_assets.metadata import CONTACT_SHEET_LIMIT, markdown_table, png_preview
+from hydra_assets.metadata import CONTACT_SHEET_LIMIT, png_preview, table
 from hydra_assets.partition_mappings import queen_and_night
 from hydra_assets.partitions import queen_nights_partitions
 from hydra_assets.quality.inputs import read_scores
@@ -129,9 +129,9 @@ def approved_images(
             "approved": approved_count,
             "rejected": generated - approved_count,
             "approval_rate": rate,
-            "per_type": markdown_table(
+            "per_type": table(
                 [{"type": t, "approved": c["approved"], "rejected": c["rejected"]} for t, c in sorted(per_type.items())],
-                ["type", "approved", "rejected"],
+                {"type": "string", "approved": "int", "rejected": "int"},
             ),
             "files": dg.MetadataValue.json(dict(sorted(published["actions"].items()))),
             "withdrawn": dg.MetadataValue.json(published["withdrawn"]),

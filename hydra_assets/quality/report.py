@@ -18,7 +18,7 @@ from hydra_assets.domain.review_files import review_links
 from hydra_assets.domain.roster import load_roster, roster_files, slug_for_file
 from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, read_json, sha256_bytes
 from hydra_assets.domain.threshold_suggestions import reversal_counts, suggest_thresholds
-from hydra_assets.metadata import png_preview
+from hydra_assets.metadata import png_preview, table
 from hydra_assets.partition_mappings import BY_NIGHT
 from hydra_assets.partitions import nights_partitions, queen_night_key
 from hydra_assets.quality.inputs import read_scores
@@ -176,9 +176,10 @@ def quality_report(context: dg.AssetExecutionContext, storage: HydraStorage, cat
         "rejected": overall["rejected"],
         "approval_rate": overall["approval_rate"] if overall["approval_rate"] is not None else 0.0,
         "rejection_reasons": dg.MetadataValue.json(overall["rejection_reasons"]),
-        "table": dg.MetadataValue.table(
-            records=[dg.TableRecord(row) for row in report.table_rows()],
-            schema=dg.TableSchema(columns=[dg.TableColumn(**column) for column in report.table_columns()]),
+        "table": table(
+            report.table_rows(),
+            {c["name"]: c["type"] for c in report.table_columns()},
+            {c["name"]: c["description"] for c in report.table_columns()},
         ),
         "threshold_suggestions": dg.MetadataValue.json([s.to_dict() for s in report.suggestions]),
         "report": dg.MetadataValue.path(str(report_path)),

@@ -24,7 +24,7 @@ from hydra_assets.domain.quality_report import group_summary
 from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, sha256_file
 from hydra_assets.failures import load_queen
 from hydra_assets.gpu import gpu_asset_kwargs
-from hydra_assets.metadata import markdown_table
+from hydra_assets.metadata import table as ui_table
 from hydra_assets.partition_mappings import BY_QUEEN, queen_and_night
 from hydra_assets.partitions import queen_nights_partitions
 from hydra_assets.quality.inputs import read_generated_manifest, read_scores
@@ -290,7 +290,7 @@ def image_scores(
             "manual_overrides": len(overrides) - len(decisions.unknown_overrides),
             "unknown_overrides": dg.MetadataValue.json(decisions.unknown_overrides),
             "catalog_rows": written,
-            "scores": markdown_table(_display_rows(frame)),
+            "scores": ui_table(_display_rows(frame), SCORES_TABLE_COLUMNS),
             "scores_file": dg.MetadataValue.path(str(scores_path)),
         },
         data_version=dg.DataVersion(table.decision_hash(frame)),
@@ -321,17 +321,23 @@ def score_checks(frame: pd.DataFrame, ids: Sequence[str]) -> list[dg.AssetCheckR
     ]
 
 
+SCORES_TABLE_COLUMNS = {
+    "image": "string", "aesthetic": "float", "technical": "float", "face": "float", "composite": "float",
+    "decision": "string",
+}
+
+
 def _display_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
-    def fmt(value: Any, digits: int) -> str:
-        return "-" if value is None or pd.isna(value) else f"{value:.{digits}f}"
+    def rounded(value: Any, digits: int) -> float | None:
+        return None if value is None or pd.isna(value) else round(float(value), digits)
 
     return [
         {
             "image": r["image_id"],
-            "aesthetic": fmt(r[quality.AESTHETIC], 2),
-            "technical": fmt(r[quality.TECHNICAL], 1),
-            "face": fmt(r[quality.FACE_MATCH], 3),
-            "composite": fmt(r[quality.COMPOSITE], 3),
+            "aesthetic": rounded(r[quality.AESTHETIC], 2),
+            "technical": rounded(r[quality.TECHNICAL], 1),
+            "face": rounded(r[quality.FACE_MATCH], 3),
+            "composite": rounded(r[quality.COMPOSITE], 3),
             "decision": table.decision_label(r),
         }
         for r in frame.to_dict("records")
