@@ -34,8 +34,14 @@ def _cell(value: Any) -> str | int | float | bool | None:
     return value if value is None or isinstance(value, str | int | float | bool) else str(value)
 
 
-def table(rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str]) -> dg.TableMetadataValue:
-    """Rows as a UI table whose schema is ``columns`` (name → "string", "int", "float" or "bool")."""
-    schema = dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in columns.items()])
+def table(
+    rows: Sequence[Mapping[str, Any]], columns: Mapping[str, str], descriptions: Mapping[str, str] | None = None
+) -> dg.TableMetadataValue:
+    """Rows as a UI table whose schema is ``columns`` (name → "string", "int", "float" or "bool"),
+    with an optional description per column (shown in the UI's schema)."""
+    descriptions = descriptions or {}
+    schema = dg.TableSchema(
+        columns=[dg.TableColumn(name, kind, description=descriptions.get(name)) for name, kind in columns.items()]
+    )
     records = [dg.TableRecord({name: _cell(row.get(name)) for name in columns}) for row in rows]
     return dg.MetadataValue.table(records, schema=schema)

@@ -1,16 +1,16 @@
-"""The night's quality figures: per-queen and overall summaries, report.md and the quality_metrics rows."""
+"""The night's quality figures: per-queen and overall summaries and the quality_metrics rows.
+
+report.md itself is rendered by domain/night_report.py from these summaries."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 import pandas as pd
 
-from hydra_assets.domain.markdown import markdown_table
-from hydra_assets.domain.quality import APPROVAL_ALERT_RATE, SCORE_COLUMNS
-
+from hydra_assets.domain.quality import SCORE_COLUMNS
 
 STATISTICS = ("min", "max", "mean", "std", "p10", "p50", "p90")
 OVERALL = "overall"
@@ -52,95 +52,6 @@ def quality_summary(frame: pd.DataFrame, by: str = "queen") -> dict[str, dict[st
     summary = {str(key): group_summary(group) for key, group in frame.groupby(by, sort=True)}
     summary[OVERALL] = group_summary(frame)
     return summary
-
-
-def summary_table(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One flat row per group for markdown: counts, rate, and mean / p10 / p90 per score."""
-    rows = []
-    for name, group in summary.items():
-        row: dict[str, Any] = {
-            "queen": name,
-            "generated": group["generated"],
-            "approved": group["approved"],
-            "rejected": group["rejected"],
-            "approval rate": "-" if group["approval_rate"] is None else f"{group['approval_rate']:.0%}",
-        }
-        for column, stats in group["scores"].items():
-            label = column.removesuffix("_score")
-            row[label] = _format_stats(stats)
-        row["rejections"] = ", ".join(f"{k}: {v}" for k, v in group["rejection_reasons"].items()) or "-"
-        rows.append(row)
-    return rows
-
-
-def queen_columns() -> dict[str, str]:
-    """The per-queen table's columns and their types (for the UI's table schema)."""
-    columns = {"queen": "string", "generated": "int", "approved": "int", "rejected": "int", "approval_rate": "float"}
-    for column in SCORE_COLUMNS:
-        label = column.removesuffix("_score")
-        columns.update({f"{label}_mean": "float", f"{label}_p10": "float", f"{label}_p90": "float"})
-    return {**columns, "rejections": "string"}
-
-
-def queen_rows(summary: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One typed row per group (queens, then overall): counts, rate, mean / p10 / p90 per score."""
-    rows = []
-    for name, group in summary.items():
-        row: dict[str, Any] = {key: group[key] for key in ("generated", "approved", "rejected", "approval_rate")}
-        for column, stats in group["scores"].items():
-            label = column.removesuffix("_score")
-            row.update({f"{label}_{k}": stats[k] for k in ("mean", "p10", "p90")})
-        reasons = ", ".join(f"{k}: {v}" for k, v in group["rejection_reasons"].items())
-        rows.append({"queen": name, **row, "rejections": reasons})
-    return rows
-
-
-def _format_stats(stats: Mapping[str, Any]) -> str:
-    if not stats.get("count"):
-        return "-"
-    precision = 1 if (stats["max"] or 0) > 1.0 else 3
-    mean, p10, p90 = (f"{stats[k]:.{precision}f}" for k in ("mean", "p10", "p90"))
-    return f"{mean} ({p10}-{p90})"
-
-
-def detail_rows(summary: Mapping[str, Mapping[str, Any]]) -> Iterable[dict[str, Any]]:
-    """Every statistic of every score, one row per group and score (the report's second table)."""
-    for name, group in summary.items():
-        for column, stats in group["scores"].items():
-            yield {
-                "queen": name,
-                "score": column.removesuffix("_score"),
-                "n": stats["count"],
-                **{k: "-" if stats[k] is None else f"{stats[k]:.3f}" for k in STATISTICS},
-            }
-
-
-def low_approval(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Queens whose approval rate is below the studio's alert rate."""
-    return [name for name, g in summary.items()
-            if name != OVERALL and g["approval_rate"] is not None and g["approval_rate"] < APPROVAL_ALERT_RATE]
-
-
-def report_markdown(night: str, summary: Mapping[str, Mapping[str, Any]]) -> str:
-    overall = summary[OVERALL]
-    lines = [
-        f"# Overnight quality report {night}",
-        "",
-        f"{overall['generated']} images generated, {overall['approved']} approved, {overall['rejected']} rejected"
-        + ("." if overall["approval_rate"] is None else f" (approval rate {overall['approval_rate']:.1%})."),
-        "",
-        "Scores: mean (p10-p90).",
-        "",
-        markdown_table(summary_table(summary)),
-        "",
-        "## Score distributions",
-        "",
-        markdown_table(list(detail_rows(summary))),
-        "",
-    ]
-    if low := low_approval(summary):
-        lines += [f"**Alert:** approval rate below {APPROVAL_ALERT_RATE:.0%} for {', '.join(low)}.", ""]
-    return "\n".join(lines)
 
 
 def metrics_rows(summary: Mapping[str, Mapping[str, Any]], start: datetime, end: datetime) -> list[dict[str, Any]]:

@@ -12,6 +12,8 @@ from hydra_assets.domain import quality
 from hydra_assets.domain.generation import type_folder
 from hydra_assets.domain.metrics import PipelineMetrics, record_partition
 from hydra_assets.domain.publishing import count_files, publish_file, withdraw_file
+from hydra_assets.domain.review_files import write_review_files
+from hydra_assets.domain.roster import RosterError
 from hydra_assets.domain.score_table import decision_hash
 from hydra_assets.domain.storage import StorageLayout, sha256_file
 from hydra_assets.metadata import CONTACT_SHEET_LIMIT, png_preview, table
@@ -31,6 +33,7 @@ def _publish_rows(scores: pd.DataFrame, layout: StorageLayout, slug: str, night:
     withdrawn: list[str] = []
     sheets: dict[bool, list[tuple[Image.Image, str]]] = {True: [], False: []}
     per_type: dict[str, Counter[str]] = {}
+    rejected_files: dict[str, str] = {}
     night_root = layout.overnight(night)
     for row in scores.to_dict("records"):
         approved = bool(row["approved"])
@@ -45,8 +48,10 @@ def _publish_rows(scores: pd.DataFrame, layout: StorageLayout, slug: str, night:
             continue
         name, sha = source.name, row["file_hash"]
         decided, other = ("approved", "rejected") if approved else ("rejected", "approved")
-        _, action = publish_file(source, night_root / decided / slug, name, sha)
+        placed, action = publish_file(source, night_root / decided / slug, name, sha)
         actions[f"night_{action}"] += 1
+        if not approved:
+            rejected_files[str(row["image_id"])] = placed.name
         withdraw_file(night_root / other / slug, name, sha)
         asset_folder = layout.approved_images(slug, type_folder(row["asset_type"]))
         if approved:
@@ -59,7 +64,17 @@ def _publish_rows(scores: pd.DataFrame, layout: StorageLayout, slug: str, night:
             sheets[approved].append((Image.fromarray(image_files.load_rgb(source)), label))
     for path in withdrawn:
         log.info(f"withdrawn from the published assets (now rejected): {path}")
-    return {"actions": actions, "withdrawn": withdrawn, "sheets": sheets, "per_type": per_type}
+    return {"actions": actions, "withdrawn": withdrawn, "sheets": sheets, "per_type": per_type,
+            "rejected_files": rejected_files}
+
+
+def _queen_thresholds(storage: HydraStorage, slug: str, log) -> quality.Thresholds | None:
+    """For reasons.json; a roster file broken since scoring leaves them out rather than failing the publish."""
+    try:
+        return quality.Thresholds.from_generation_config(storage.load_queen(slug).generation_config)
+    except RosterError as error:
+        log.warning(f"reasons.json without thresholds: {error}")
+        return None
 
 
 @dg.asset(
@@ -75,7 +90,8 @@ def _publish_rows(scores: pd.DataFrame, layout: StorageLayout, slug: str, night:
         ),
     ],
     description="Approved images in the queen's asset folders, and every image of the night sorted into "
-    "overnight/{night}/approved or rejected, by hard link or copy; nothing is ever overwritten.",
+    "overnight/{night}/approved or rejected, by hard link or copy; nothing is ever overwritten. Contact "
+    "sheets per decision and type in overnight/{night}/contact_sheets/, and rejected/{queen}/reasons.json.",
 )
 def approved_images(
     context: dg.AssetExecutionContext, storage: HydraStorage, catalog: CatalogResource, metrics: MetricsPusher
@@ -87,6 +103,8 @@ def approved_images(
     if scores is None:
         raise dg.Failure(f"{scores_path} is missing or unreadable: materialize image_scores for {slug} on {night} first")
     published = _publish_rows(scores, layout, slug, night, context.log)
+    review = write_review_files(layout, slug, night, scores, _queen_thresholds(storage, slug, context.log),
+                                published["rejected_files"])
 
     counts = {
         asset_type: count_files(layout.approved_images(slug, type_folder(asset_type)))
@@ -120,6 +138,8 @@ def approved_images(
             "published_totals": dg.MetadataValue.json(counts),
             "approved_sheet": png_preview(image_files.contact_sheet(sheets[True]), f"{slug} {night} approved"),
             "rejected_sheet": png_preview(image_files.contact_sheet(sheets[False]), f"{slug} {night} rejected"),
+            "contact_sheets": dg.MetadataValue.json({label: str(path) for label, path in sorted(review.sheets.items())}),
+            "reasons_file": dg.MetadataValue.path(str(review.reasons)),
             "metrics": dg.MetadataValue.json({**dashboard.samples(), **queue.samples()}),
             "metrics_pushed": pushed,
         },
