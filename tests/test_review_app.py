@@ -273,3 +273,21 @@ def test_the_launcher_reports_a_down_webserver_within_its_timeout():
 
 def test_partition_links_point_at_the_grid():
     assert partition_review_url("http://127.0.0.1:3100/", NIGHT, SLUG) == f"http://127.0.0.1:3100{GRID}"
+
+
+def test_the_review_deployment_validates_and_runs_the_cli_with_settings_it_reads():
+    import kubernetes_validate
+
+    from hydra_assets.settings import load_settings
+
+    documents = list(yaml.safe_load_all((Path(__file__).resolve().parents[1] / "deploy" / "review.yaml").read_text()))
+    assert [d["kind"] for d in documents] == ["Deployment", "Service"]
+    for document in documents:
+        kubernetes_validate.validate(document, kubernetes_validate.latest_version(), strict=True)
+    [container] = documents[0]["spec"]["template"]["spec"]["containers"]
+    assert container["command"][:2] == ["hydra", "review"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    settings = load_settings(env)
+    assert (settings.env, settings.dagster_url, settings.review_user_header) == (
+        "cluster", "http://hydra-dagster-webserver:80", "X-Forwarded-User")
+    assert ReviewConfig.from_settings(settings).require_user_header

@@ -41,6 +41,7 @@ def create_app(config: ReviewConfig, launcher: DagsterLauncher | None = None) ->
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     templates.env.globals.update(quality=quality, links=links, base="", dagster_url=config.dagster_url)
     templates.env.filters["json"] = pretty_json
+    templates.env.filters["thr"] = quality.format_threshold
     templates.env.filters["fmt"] = lambda v, digits=2: "-" if v is None else f"{v:.{digits}f}"
 
     app = FastAPI(title="Hydra review", docs_url=None, redoc_url=None, openapi_url=None)
