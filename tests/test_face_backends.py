@@ -472,6 +472,17 @@ def test_insightface_embeds_the_largest_face(tiny_backend: InsightFaceBackend) -
     assert tiny_backend.backend_name() == "insightface-tiny_pack"
 
 
+def test_insightface_keeps_every_confident_face_and_applies_its_floor(tiny_backend: InsightFaceBackend) -> None:
+    photo = np.asarray(Image.fromarray(astronaut()).resize((DET_INPUT, DET_INPUT)))
+    (faces,) = tiny_backend.embed_all_faces([photo])
+    assert sorted(f.bbox for f in faces) == sorted([(220, 136, 420, 396), (60, 60, 100, 100)])
+    strict = tiny_backend.model_copy(update={"min_det_score": max(f.det_score for f in faces) - 1e-3})
+    (only,) = strict.embed_all_faces([photo])
+    assert [f.bbox for f in only] == [(60, 60, 100, 100)], "only the more confident (small) face clears a higher floor"
+    (chosen,) = tiny_backend.embed_queen_faces([photo], faces[[f.bbox for f in faces].index((60, 60, 100, 100))].embedding)
+    assert chosen.bbox == (60, 60, 100, 100), "her identity outweighs size"
+
+
 def test_insightface_batch_matches_one_by_one_and_loads_once(tiny_backend: InsightFaceBackend, monkeypatch) -> None:
     import insightface.app
 

@@ -117,7 +117,7 @@ def create_app(config: ReviewConfig, launcher: DagsterLauncher | None = None) ->
             filters={"status": status, "reason": reason, "type": type},
             reasons=sorted({i.reason_kind for i in partition.images if i.reason_kind}),
             types=sorted({i.asset_type for i in partition.images}),
-            suggestions=threshold_suggestions(partition.images, partition.thresholds),
+            suggestions=threshold_suggestions(store, queen, partition.thresholds),
             outcome={"decided": decided, "run": run, "launch_error": launch_error},
         )
 

@@ -216,6 +216,15 @@ class ReviewStore:
             images.append(image)
         return Partition(night, queen, manifest, images, thresholds, roster_error, overrides_error, scores_path, overrides_path)
 
+    def queen_score_rows(self, queen: str) -> list[dict[str, Any]]:
+        """Every score row of the queen on every night (without embeddings)."""
+        rows: list[dict[str, Any]] = []
+        for path in sorted(self.layout.root.glob(f"overnight/*/scores/{queen}.parquet")):
+            frame = self._scores(path)
+            if frame is not None:
+                rows += frame.drop(columns=["embedding"], errors="ignore").to_dict("records")
+        return rows
+
     # ------------------------------------------------------------------ helpers
 
     def _check_night(self, night: str) -> None:
@@ -289,19 +298,19 @@ def filter_images(images: Sequence[ImageView], status: str | None, reason: str |
     return selected
 
 
-def threshold_suggestions(images: Sequence[ImageView], thresholds: quality.Thresholds | None) -> Any:
-    """Learned-threshold suggestions from the human decisions, when that module is present (issue 10
-    item 5: hydra_assets/domain/threshold_suggestions.py). Shown, never applied."""
+def threshold_suggestions(store: ReviewStore, queen: str, thresholds: quality.Thresholds | None) -> list[dict[str, Any]] | None:
+    """Learned-threshold suggestions from the queen's manual decisions on every night, when that
+    module is present (issue 10 item 5: hydra_assets/domain/threshold_suggestions.py); shown,
+    never applied."""
     try:
         from hydra_assets.domain.threshold_suggestions import suggest_thresholds  # type: ignore[import-not-found]
     except ImportError:
         return None
-    rows = [
-        {"image_id": i.image_id, "asset_type": i.asset_type, **i.scores, "approved": i.approved,
-         "approval_method": i.approval_method, "rejection_reason": i.rejection_reason}
-        for i in images if i.scored
-    ]
-    return suggest_thresholds(rows, thresholds)
+    if thresholds is None:
+        return None
+    rows = store.queen_score_rows(queen)
+    suggestions = suggest_thresholds(rows, thresholds)
+    return [s.to_dict() if hasattr(s, "to_dict") else dict(s) for s in suggestions]
 
 
 def pretty_json(value: Any) -> str:
