@@ -25,6 +25,7 @@ from fastapi.testclient import TestClient
 from PIL import Image, ImageEnhance, ImageOps
 
 from hydra_assets.domain.demo_data import write_demo_data
+from hydra_assets.domain.roster import load_queen
 from hydra_assets.domain.storage import StorageLayout, atomic_write_json, sha256_file
 from hydra_assets.partitions import QUEENS, queen_night_key
 from hydra_assets.quality import image_scores
@@ -74,6 +75,7 @@ def build_night(root: Path, count: int, size: int) -> None:
         "catalog": CatalogResource(url=f"sqlite:///{root / 'catalog.db'}"),
         "face": face, "aesthetic": ImageStatsAestheticProxy(), "technical": ClassicalTechnical(),
     }
+    resources["catalog"].upsert_queen(load_queen(root / "roster" / f"{SLUG}.yaml"))
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions(QUEENS, [SLUG])
         assert dg.materialize([image_scores], partition_key=queen_night_key(SLUG, NIGHT), resources=resources,

@@ -7,6 +7,11 @@ from collections.abc import Mapping, Sequence
 
 import dagster as dg
 
+from hydra_assets.domain import markdown
+
+CONTACT_SHEET_LIMIT = 24
+"""Images on one contact sheet preview: enough to judge a batch, small enough for the event log."""
+
 
 def png_preview(png: bytes, alt: str = "preview") -> dg.MetadataValue:
     """A PNG embedded in markdown metadata; keep it small, it is stored in the event log."""
@@ -14,11 +19,4 @@ def png_preview(png: bytes, alt: str = "preview") -> dg.MetadataValue:
 
 
 def markdown_table(rows: Sequence[Mapping[str, object]], columns: Sequence[str] | None = None) -> dg.MetadataValue:
-    if not rows:
-        return dg.MetadataValue.md("_none_")
-    columns = list(columns or rows[0].keys())
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = (str(row.get(c, "")).replace("|", "\\|").replace("\n", " ") for c in columns)
-        lines.append("| " + " | ".join(cells) + " |")
-    return dg.MetadataValue.md("\n".join(lines))
+    return dg.MetadataValue.md(markdown.markdown_table(rows, columns))

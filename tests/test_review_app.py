@@ -13,7 +13,7 @@ import yaml
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from hydra_assets.domain import quality
+from hydra_assets.domain import overrides
 from hydra_assets.domain.demo_data import write_demo_data
 from hydra_assets.domain.roster import load_queen
 from hydra_assets.domain.storage import StorageLayout, atomic_write_json, read_json
@@ -183,7 +183,7 @@ def test_reject_writes_the_override_says_the_run_was_not_started_and_the_next_ru
     changed = {k for k, v in files_under(night).items() if before.get(k) != v}
     assert changed == {str(layout.overrides_path(NIGHT, SLUG).relative_to(night))}, "only the overrides file is written"
 
-    [override] = quality.load_overrides(layout.overrides_path(NIGHT, SLUG)).values()
+    [override] = overrides.load_overrides(layout.overrides_path(NIGHT, SLUG)).values()
     assert (override.image_id, override.decision, override.by, override.reason) == (kept, "reject", "maria", "wrong outfit")
     assert override.at and override.at.startswith("20")
     page = client.get(response.headers["location"]).text
@@ -194,7 +194,7 @@ def test_reject_writes_the_override_says_the_run_was_not_started_and_the_next_ru
     other = image_id("portrait-002")
     assert client.post(f"{GRID}/images/{other}/decision", data=form_for(night, "portrait-002", "approve"),
                        follow_redirects=False).status_code == 303
-    assert set(quality.load_overrides(layout.overrides_path(NIGHT, SLUG))) == {kept, other}
+    assert set(overrides.load_overrides(layout.overrides_path(NIGHT, SLUG))) == {kept, other}
 
     resources = quality_resources(night)
     with dg.instance_for_test() as instance:
@@ -207,6 +207,9 @@ def test_reject_writes_the_override_says_the_run_was_not_started_and_the_next_ru
     assert bool(after.loc[other, "approved"])
     tile = tile_of(client.get(GRID).text, kept)
     assert 'data-status="rejected"' in tile and "manual · maria" in tile and "override pending" not in tile
+    # people's decisions feed the learned-threshold suggestions (shown, not applied)
+    suggestions = client.get(GRID).text.split('class="suggestions"')[1].split("</details>")[0]
+    assert "face_match" in suggestions and "technical" in suggestions
 
 
 def test_a_decision_on_an_image_that_changed_is_refused(client, night):

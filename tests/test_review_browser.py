@@ -18,7 +18,7 @@ import pytest
 import requests
 from dagster_graphql import DagsterGraphQLClient
 
-from hydra_assets.domain import quality
+from hydra_assets.domain import overrides
 from hydra_assets.domain.demo_data import write_demo_data
 from hydra_assets.domain.roster import load_queen
 from hydra_assets.domain.storage import StorageLayout
@@ -164,7 +164,7 @@ def test_reject_in_the_browser_launches_approved_images_and_the_image_shows_reje
         assert "Re-materialization started" in banner.text, banner.text
         run_id = banner.find_element(By.TAG_NAME, "a").get_attribute("href").rsplit("/", 1)[1]
 
-        override = quality.load_overrides(layout.overrides_path(NIGHT, SLUG))[target]
+        override = overrides.load_overrides(layout.overrides_path(NIGHT, SLUG))[target]
         assert (override.decision, override.by, override.reason) == ("reject", getpass.getuser(), "wrong outfit")
 
         client = DagsterGraphQLClient("127.0.0.1", port_number=dagster_port)

@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException
 
-from hydra_assets.domain import quality
+from hydra_assets.domain import overrides, quality
 from hydra_assets.domain.storage import sha256_file
 from hydra_assets.review import links
 from hydra_assets.review.config import ReviewConfig
@@ -155,8 +155,8 @@ def create_app(config: ReviewConfig, launcher: DagsterLauncher | None = None) ->
         same_origin(request)
         partition, image = image_or_404(night, queen, image_id)
         user = reviewer(request)
-        if decision not in quality.OVERRIDE_DECISIONS:
-            raise HTTPException(400, f"decision must be one of {', '.join(quality.OVERRIDE_DECISIONS)}, got {decision!r}")
+        if decision not in overrides.OVERRIDE_DECISIONS:
+            raise HTTPException(400, f"decision must be one of {', '.join(overrides.OVERRIDE_DECISIONS)}, got {decision!r}")
         if not HASH_RE.fullmatch(file_hash):
             raise HTTPException(400, "file_hash must be the image's sha256 (64 hex digits)")
         if not image.path.is_file():

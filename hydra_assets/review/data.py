@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hydra_assets.domain import quality
+from hydra_assets.domain import overrides, quality
 from hydra_assets.domain.roster import RosterError, is_valid_slug, load_queen
 from hydra_assets.domain.storage import StorageLayout, read_json
 
@@ -65,7 +65,7 @@ class ImageView:
     """The first failed gate on the scores alone (before near-duplicates and overrides)."""
     face_bbox: list[int] | None = None
     face_det_score: float | None = None
-    override: quality.Override | None = None
+    override: overrides.Override | None = None
 
     @property
     def status(self) -> str:
@@ -179,10 +179,10 @@ class ReviewStore:
         except (RosterError, OSError) as exc:
             roster_error = str(exc)
         overrides_path = self.layout.overrides_path(night, queen)
-        overrides, overrides_error = {}, None
+        decided, overrides_error = {}, None
         try:
-            overrides = quality.load_overrides(overrides_path)
-        except quality.OverrideError as exc:
+            decided = overrides.load_overrides(overrides_path)
+        except overrides.OverrideError as exc:
             overrides_error = str(exc)
 
         scores_path = self.layout.scores_path(night, queen)
@@ -208,7 +208,7 @@ class ReviewStore:
                 params=dict(entry.get("params") or {}),
                 details=dict(entry.get("details") or {}),
                 generated_at=entry.get("generated_at"),
-                override=overrides.get(image_id),
+                override=decided.get(image_id),
             )
             row = rows.get(image_id)
             if row is not None:

@@ -1,6 +1,6 @@
 """Writing a reviewer's decision into the partition's overrides file, atomically.
 
-The file stays the one people may also edit by hand (format in hydra_assets/domain/quality.py):
+The file stays the one people may also edit by hand (format in hydra_assets/domain/overrides.py):
 the current file is parsed with the pipeline's own parser first, and a file that does not parse
 is never replaced, since a decision in it could be lost. The new document is parsed again
 before it is written. Comments in a hand-edited file are not kept.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from hydra_assets.domain import quality
+from hydra_assets.domain import overrides
 from hydra_assets.domain.storage import atomic_write_bytes
 
 REASON_MAX_LENGTH = 200
@@ -36,17 +36,17 @@ class DecisionError(ValueError):
 
 
 def write_decision(path: Path, image_id: str, decision: str, by: str, reason: str | None,
-                   now: datetime | None = None) -> quality.Override:
-    if decision not in quality.OVERRIDE_DECISIONS:
-        raise DecisionError(400, f"decision must be one of {', '.join(quality.OVERRIDE_DECISIONS)}, got {decision!r}")
+                   now: datetime | None = None) -> overrides.Override:
+    if decision not in overrides.OVERRIDE_DECISIONS:
+        raise DecisionError(400, f"decision must be one of {', '.join(overrides.OVERRIDE_DECISIONS)}, got {decision!r}")
     reason = (reason or "").strip() or None
     if reason is not None and len(reason) > REASON_MAX_LENGTH:
         raise DecisionError(400, f"reason is longer than {REASON_MAX_LENGTH} characters")
     at = (now or datetime.now(UTC)).isoformat(timespec="seconds")
     with _lock:
         try:
-            current = quality.load_overrides(path)
-        except quality.OverrideError as error:
+            current = overrides.load_overrides(path)
+        except overrides.OverrideError as error:
             raise DecisionError(409, f"{error}; fix the file by hand, it is not replaced") from error
         document = {
             key: {k: v for k, v in (("decision", o.decision), ("by", o.by), ("reason", o.reason), ("at", o.at)) if v is not None}
@@ -57,6 +57,6 @@ def write_decision(path: Path, image_id: str, decision: str, by: str, reason: st
             entry["reason"] = reason
         document[image_id] = entry
         text = HEADER + yaml.safe_dump(document, sort_keys=True, allow_unicode=True)
-        written = quality.parse_overrides(text, path)[image_id]  # what image_scores will read
+        written = overrides.parse_overrides(text, path)[image_id]  # what image_scores will read
         atomic_write_bytes(path, text.encode("utf-8"))
     return written
