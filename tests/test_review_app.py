@@ -294,3 +294,14 @@ def test_the_review_deployment_validates_and_runs_the_cli_with_settings_it_reads
     assert (settings.env, settings.dagster_url, settings.review_user_header) == (
         "cluster", "http://hydra-dagster-webserver:80", "X-Forwarded-User")
     assert ReviewConfig.from_settings(settings).require_user_header
+
+
+def test_the_file_index_follows_the_manifest(client, night):
+    url = f"{GRID}/images/{image_id('pose-002')}/thumb.jpg"
+    assert client.get(url).status_code == 200
+    folder = StorageLayout(night / "storage").generated_dir(NIGHT, SLUG)
+    manifest = read_json(folder / "manifest.json")
+    manifest["images"] = [e for e in manifest["images"] if e["image_id"] != image_id("pose-002")]
+    manifest["note"] = "rewritten"  # a different size even within the same mtime tick
+    atomic_write_json(folder / "manifest.json", manifest)
+    assert client.get(url).status_code == 404

@@ -72,6 +72,15 @@ def create_app(config: ReviewConfig, launcher: DagsterLauncher | None = None) ->
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from exc
 
+    def file_or_404(night: str, queen: str, image_id: str) -> Path:
+        try:
+            path = store.image_file(night, queen, image_id)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        if not path.is_file():
+            raise HTTPException(404, f"{image_id}: its file is missing")
+        return path
+
     def reviewer(request: Request) -> str:
         value = (request.headers.get(config.user_header) or "").strip()
         if not value:
@@ -135,19 +144,14 @@ def create_app(config: ReviewConfig, launcher: DagsterLauncher | None = None) ->
 
     @app.get("/nights/{night}/{queen}/images/{image_id}/thumb.jpg")
     def thumbnail(night: str, queen: str, image_id: str):
-        _, image = image_or_404(night, queen, image_id)
-        if not image.path.is_file():
-            raise HTTPException(404, f"{image.image_id}: its file is missing")
-        data, cached = thumbnails.get(image.path)
+        path = file_or_404(night, queen, image_id)
+        data, cached = thumbnails.get(path)
         return Response(data, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=300", "X-Thumbnail-Cache": "hit" if cached else "miss"})
 
     @app.get("/nights/{night}/{queen}/images/{image_id}/file")
     def original(night: str, queen: str, image_id: str):
-        _, image = image_or_404(night, queen, image_id)
-        if not image.path.is_file():
-            raise HTTPException(404, f"{image.image_id}: its file is missing")
-        return FileResponse(image.path, headers={"Cache-Control": "private, max-age=300"})
+        return FileResponse(file_or_404(night, queen, image_id), headers={"Cache-Control": "private, max-age=300"})
 
     @app.post("/nights/{night}/{queen}/images/{image_id}/decision")
     def decide(request: Request, night: str, queen: str, image_id: str, decision: str = Form(...),

@@ -130,6 +130,7 @@ class ReviewStore:
         self.layout = StorageLayout(Path(storage_root))
         self.root = Path(storage_root).resolve()
         self.roster_dir = Path(roster_dir)
+        self._file_index: dict[Path, tuple[tuple[int, int], dict[str, Path]]] = {}
 
     # ------------------------------------------------------------------ listing
 
@@ -224,6 +225,38 @@ class ReviewStore:
             if frame is not None:
                 rows += frame.drop(columns=["embedding"], errors="ignore").to_dict("records")
         return rows
+
+    def image_file(self, night: str, queen: str, image_id: str) -> Path:
+        """One image's file from the manifest alone: what thumbnails and downloads need, indexed once
+        per manifest version (a grid page asks for hundreds of thumbnails)."""
+        self._check_night(night)
+        if not is_valid_slug(queen):
+            raise NotFound(f"{queen!r} is not a queen's slug")
+        folder = self.layout.generated_dir(night, queen)
+        manifest_path = folder / MANIFEST_NAME
+        try:
+            stat = manifest_path.stat()
+        except OSError as exc:
+            raise NotFound(f"no images for {queen} on {night}") from exc
+        version = (stat.st_mtime_ns, stat.st_size)
+        cached = self._file_index.get(manifest_path)
+        if cached is None or cached[0] != version:
+            try:
+                manifest = read_json(manifest_path)
+            except (OSError, ValueError) as exc:
+                raise NotFound(f"{manifest_path} cannot be read: {exc}") from exc
+            index: dict[str, Path] = {}
+            for entry in (manifest.get("images") if isinstance(manifest, dict) else None) or []:
+                if isinstance(entry, dict) and entry.get("image_id") and entry.get("file"):
+                    path = self._inside(folder, str(entry["file"]))
+                    if path is not None:
+                        index.setdefault(str(entry["image_id"]), path)
+            cached = (version, index)
+            self._file_index[manifest_path] = cached
+        try:
+            return cached[1][image_id]
+        except KeyError:
+            raise NotFound(f"no image {image_id!r} in {queen} on {night}") from None
 
     # ------------------------------------------------------------------ helpers
 

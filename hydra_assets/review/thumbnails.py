@@ -52,7 +52,7 @@ class ThumbnailCache:
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
             return None
         buffer = io.BytesIO()
-        rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY, optimize=True)
+        rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY)
         return buffer.getvalue()
 
 
