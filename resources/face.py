@@ -52,10 +52,12 @@ INSIGHTFACE_SAME_PERSON_COSINE = 0.65
 INSIGHTFACE_UNRELATED_COSINE = 0.0
 """Orthogonal ArcFace embeddings: unrelated faces (calibrated 0)."""
 
-DLIB_MIN_DET_SCORE = 0.3
-"""dlib HOG scores (``detector.run``) of real faces in the shipped sample photos are 1.1-1.5
-(upsample 1) and 1.5 (upsample 0); the face-like patch on the astronaut's suit scores 0.12 at
-upsample 1 and -0.05 at 0. A floor of 0.3 keeps every real face measured and drops such patches."""
+DLIB_MIN_DET_SCORE = 0.0
+"""dlib's own decision threshold on its HOG score (``detector.run``): what ``detector(img)`` reports.
+No higher floor separates weak false hits from real faces: the face-like patch on the astronaut's
+suit scores 0.12 (upsample 1), while the same portrait's real face blurred by 3 px scores 0.08
+(sharp real faces: 1.1-1.7). Such weak hits are left to ``choose_face``: a patch is not like
+the queen, so similarity to her identity passes it over."""
 INSIGHTFACE_MIN_DET_SCORE = 0.5
 """SCRFD's own default ``det_thresh``: its det_score is a probability, real frontal faces 0.7-0.9."""
 
