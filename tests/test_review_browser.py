@@ -1,5 +1,6 @@
-"""The review page in a real Chromium: a live `hydra review` over a night the real pipeline scored,
-and a live Dagster webserver that the reject button launches the re-materialization on."""
+"""The review page in a real Chromium: a live `hydra review` over a demo night the real pipeline
+made (reference job, LoRA job, overnight job with the embedded backends), and a live Dagster
+webserver that the reject button launches the re-materialization on."""
 
 from __future__ import annotations
 
@@ -20,12 +21,10 @@ from dagster_graphql import DagsterGraphQLClient
 
 from hydra_assets.domain import overrides
 from hydra_assets.domain.demo_data import write_demo_data
-from hydra_assets.domain.roster import load_queen
 from hydra_assets.domain.storage import StorageLayout
 from hydra_assets.partitions import QUEENS, queen_night_key
-from hydra_assets.quality import approved_images, image_scores
 from hydra_assets.review.launcher import REVIEW_TAG
-from tests.test_quality_assets import NIGHT, SLUG, derived_images, quality_resources, write_identity, write_night
+from tests.helpers import hydra_definitions
 from tests.test_webserver_graphql import wait_for_webserver
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,6 +32,8 @@ PORTS = range(8300, 8320)
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 SCREENSHOTS = Path(os.environ.get("HYDRA_REVIEW_SCREENSHOTS", "/work/helpers"))
 RUN_TIMEOUT = 300
+SLUG = "nova-sterling"
+NIGHT = "2026-11-20"
 
 
 def free_ports(count: int) -> list[int]:
@@ -106,18 +107,16 @@ def test_reject_in_the_browser_launches_approved_images_and_the_image_shows_reje
         "run_coordinator:\n  module: dagster.core.run_coordinator\n  class: DefaultRunCoordinator\n"
         "telemetry:\n  enabled: false\n"
     )
-    references = tmp_path / "storage" / "reference_images"
-    write_demo_data(tmp_path / "roster", references)
+    # The demo night as `make demo` makes it: references, LoRA, then the overnight job (demo
+    # renderer, scores, publishing), in this process on the instance the webserver will use.
+    write_demo_data(tmp_path / "roster", tmp_path / "storage" / "reference_images")
     layout = StorageLayout(tmp_path / "storage")
-    write_identity(layout, references)
-    write_night(layout, NIGHT, derived_images(references))
-    resources = quality_resources(tmp_path)
-    resources["catalog"].upsert_queen(load_queen(tmp_path / "roster" / f"{SLUG}.yaml"))
     key = queen_night_key(SLUG, NIGHT)
+    defs = hydra_definitions(tmp_path)
     with dg.DagsterInstance.from_config(str(home)) as instance:
         instance.add_dynamic_partitions(QUEENS, [SLUG])
-        assert dg.materialize([image_scores, approved_images], partition_key=key, resources=resources, instance=instance).success
-    resources["catalog"].dispose()
+        for job_name, partition in (("queen_reference_job", SLUG), ("queen_lora_job", SLUG), ("overnight_job", key)):
+            assert defs.resolve_job_def(job_name).execute_in_process(partition_key=partition, instance=instance).success
     scores = pd.read_parquet(layout.scores_path(NIGHT, SLUG)).set_index("image_id")
     target = scores.index[scores["approved"]][0]
 
