@@ -20,7 +20,7 @@ from jobs import ALL_JOBS
 from resources.alerts import WebhookNotifier
 from resources.catalog import CatalogResource
 from resources.face import DlibFaceBackend, InsightFaceBackend
-from resources.image_generation import ComfyUIBackend, DemoRenderer
+from resources.image import ComfyUIBackend, DemoRenderer
 from resources.lora_training import LoraTrainer
 from resources.metrics import MetricsPusher
 from resources.scoring import ClassicalTechnical, ImageStatsAestheticProxy, LaionAesthetic, Musiq

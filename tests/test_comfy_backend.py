@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+import time
 
 import numpy as np
 import pytest
@@ -12,13 +14,15 @@ from hydra_assets.domain import comfy_workflow as wf
 from hydra_assets.domain import generation as gen
 from hydra_assets.domain.demo_data import DEMO_QUEENS
 from hydra_assets.domain.roster import Queen
-from resources.image_generation import (
+from resources.image import (
     ComfyUIBackend,
+    ComfyUIPreflightError,
     ComfyUIUnavailable,
     ComfyUIValidationError,
     backoff_delay,
     describe_prompt_rejection,
 )
+from resources.image.comfy_http import Transport, Watchdog
 from tests.comfy_server import FakeComfyUI, render_png
 
 NOVA = Queen.model_validate(DEMO_QUEENS[0].roster)
@@ -79,19 +83,35 @@ def test_normal_run_follows_the_websocket_and_downloads_each_image(comfy):
     assert server.history_gets == 0  # outputs came over the websocket
 
 
-def test_rejected_graph_names_node_input_and_message_and_spares_the_batch(comfy):
+def submit_one(backend: ComfyUIBackend, request: gen.GenerationRequest) -> str:
+    http = Transport(backend.base_url, 5.0, time.monotonic() + 30, Watchdog())
+    return backend.submit(http, backend.workflow(request), request, "client", logging.getLogger("test"))
+
+
+def test_missing_checkpoint_fails_preflight_before_anything_is_queued(comfy):
     server = comfy(checkpoints=["sd_xl_base_1.0.safetensors"])
-    results = list(client(server).generate(plan(2)))
-    assert all(r.image is None for r in results) and len(results) == 2  # each image reported, none lost
-    message = results[0].error
+    with pytest.raises(ComfyUIPreflightError) as caught:
+        list(client(server).generate(plan(2)))
+    message = str(caught.value)
+    assert f"preflight against {server.url}/object_info failed" in message
+    assert "checkpoints not on the server: 'RealVisXL_V5.0.safetensors' (used by sdxl)" in message
+    assert "the server has: sd_xl_base_1.0.safetensors" in message
+    assert server.post_attempts == 0 and server.object_info_gets == 1
+
+
+def test_rejected_graph_names_node_input_and_message(comfy):
+    server = comfy(checkpoints=["sd_xl_base_1.0.safetensors"])
+    with pytest.raises(ComfyUIValidationError) as caught:
+        submit_one(client(server), plan(1)[0])
+    message = str(caught.value)
     assert "rejected prompt" in message and "Prompt outputs failed validation" in message
     assert "node 1 (CheckpointLoaderSimple) input 'ckpt_name': Value not in list" in message
     assert "'RealVisXL_V5.0.safetensors' not in ['sd_xl_base_1.0.safetensors']" in message
-    assert server.post_attempts == 2 and not server.accepted  # a 400 is not retried
+    assert server.post_attempts == 1 and not server.accepted  # a 400 is not retried
 
     lora_server = comfy(loras=["someone_else.safetensors"])
-    with requests.Session() as http, pytest.raises(ComfyUIValidationError) as caught:
-        client(lora_server).submit(http, plan(1)[0], "client", None)
+    with pytest.raises(ComfyUIValidationError) as caught:
+        submit_one(client(lora_server), plan(1)[0])
     assert "node 2 (LoraLoader) input 'lora_name': Value not in list" in str(caught.value)
     assert caught.value.node_errors["2"]["class_type"] == "LoraLoader"
     assert caught.value.node_errors["2"]["dependent_outputs"] == ["8"]
@@ -169,7 +189,7 @@ def test_unreachable_server_fails_after_the_retries():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     backend = ComfyUIBackend(base_url=f"http://127.0.0.1:{port}", backoff_base_s=0.01, backoff_cap_s=0.02, request_timeout_s=1)
-    with pytest.raises(ComfyUIUnavailable, match=rf"POST http://127.0.0.1:{port}/prompt .* failed after 4 attempts"):
+    with pytest.raises(ComfyUIUnavailable, match=rf"GET http://127.0.0.1:{port}/object_info failed after 4 attempts: ConnectionRefusedError"):
         list(backend.generate(plan(1)))
 
 

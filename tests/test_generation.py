@@ -22,7 +22,7 @@ from hydra_assets.generation import CHECK_NAME, generate_partition, generated_im
 from hydra_assets.gpu import GPU_CLASS_LABEL, GPU_RESOURCE, K8S_CONFIG_TAG, WORKLOAD_TAG
 from hydra_assets.partitions import QUEENS, queen_night_key
 from resources.face import DlibFaceBackend
-from resources.image_generation import (
+from resources.image import (
     DEMO_RENDERER,
     ComfyUIBackend,
     DemoRenderer,

@@ -16,7 +16,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -201,8 +201,17 @@ def generation_params(
     lora: LoraSpec | None,
     reference_set_hash: str,
     asset_type: str,
+    workflow: str | None = None,
+    batch_size: int = 1,
 ) -> dict[str, Any]:
-    """Every parameter that shapes an image: stored in its PNG, its manifest entry and its hash."""
+    """Every parameter that shapes an image: stored in its PNG, its manifest entry and its hash.
+    ``workflow`` (ComfyUI's template name) and ``batch_size`` appear only when set, so images of
+    backends without them keep their hashes."""
+    extra: dict[str, Any] = {}
+    if workflow is not None:
+        extra["workflow"] = workflow
+    if batch_size != 1:
+        extra["batch_size"] = int(batch_size)
     return {
         "prompt": prompt,
         "negative": negative,
@@ -221,6 +230,7 @@ def generation_params(
         "backend": backend,
         "generative": generative,
         "asset_type": asset_type,
+        **extra,
     }
 
 
@@ -240,6 +250,12 @@ class GenerationRequest:
     references: tuple[str, ...] = ()
     """Absolute paths of normalized references suited to this type (the demo renderer's input)."""
     lora_path: str | None = None
+    workflow: str | None = None
+    """The ComfyUI template (workflows/{name}.json); None: the default (SPEC) graph."""
+    face_reference: str | None = None
+    """Absolute path of the queen's face reference (hydra.reference.face)."""
+    style_references: tuple[str, ...] = ()
+    """Absolute paths of her style set (hydra.reference.style…)."""
 
     @property
     def prompt(self) -> str:
@@ -270,10 +286,19 @@ def plan_night(
     lora: LoraSpec | None,
     reference_set_hash: str,
     references: Mapping[str, Sequence[str]] | None = None,
+    workflows: Mapping[str, str] | None = None,
+    models: Mapping[str, str] | None = None,
+    batch_size: int = 1,
+    face_reference: str | None = None,
+    style_references: Mapping[str, Sequence[str]] | None = None,
 ) -> list[GenerationRequest]:
-    """Every image slot of one queen × night, in type then index order."""
+    """Every image slot of one queen × night, in type then index order. ``workflows`` (type →
+    template) is given for backends that run templates; ``models`` (type → checkpoint) where
+    the template decides the model."""
     plan = []
     for asset_type, count in counts.items():
+        workflow = (workflows or {}).get(asset_type)
+        styles = tuple((style_references or {}).get(asset_type, ()))
         for index in range(count):
             prompts = build_prompts(queen, type_fragment(asset_type, index))
             seed = image_seed(queen.slug, night, asset_type, index)
@@ -282,12 +307,14 @@ def plan_night(
                 negative=prompts.negative,
                 seed=seed,
                 sampling=sampling,
-                model=model,
+                model=(models or {}).get(asset_type, model),
                 backend=backend,
                 generative=generative,
                 lora=lora,
                 reference_set_hash=reference_set_hash,
                 asset_type=asset_type,
+                workflow=workflow,
+                batch_size=batch_size,
             )
             digest = params_hash(params)
             slot_id = image_id(queen.slug, night, asset_type, index)
@@ -304,9 +331,28 @@ def plan_night(
                     file=image_file(asset_type, slot_id, digest),
                     references=tuple((references or {}).get(asset_type, ())),
                     lora_path=lora.path if lora else None,
+                    workflow=workflow,
+                    face_reference=face_reference,
+                    # each image starts the style set at its own index, so a night uses all of it
+                    style_references=styles[index % len(styles) :] + styles[: index % len(styles)] if styles else (),
                 )
             )
     return plan
+
+
+def output_request(request: GenerationRequest, output_index: int) -> GenerationRequest:
+    """The slot of a further image the same prompt made (batch size > 1, several outputs):
+    same parameters and index, its own id and file (``…-o1``, ``…-o2``)."""
+    if output_index == 0:
+        return request
+    image_id_ = f"{request.image_id}-o{output_index}"
+    return replace(request, image_id=image_id_, file=image_file(request.asset_type, image_id_, request.params_hash))
+
+
+def parent_of(image_id_: str) -> tuple[str, int]:
+    """(the plan slot's id, output index) of a manifest image id."""
+    head, _, tail = image_id_.rpartition("-o")
+    return (head, int(tail)) if head and tail.isdigit() else (image_id_, 0)
 
 
 def references_by_type(
@@ -390,6 +436,7 @@ def manifest_entry(
         "image_id": request.image_id,
         "asset_type": request.asset_type,
         "index": request.index,
+        **({"output_index": parent_of(request.image_id)[1]} if parent_of(request.image_id)[1] else {}),
         "seed": request.seed,
         "file": request.file,
         "sha256": sha256_bytes(png),
@@ -474,7 +521,15 @@ class PartitionManifest:
         self.failed[entry["image_id"]] = entry
 
     def to_document(self) -> dict[str, Any]:
-        order = [r.image_id for r in self.plan]
+        """Plan order; a slot's further outputs (``…-o1``) follow it."""
+        rank = {r.image_id: n for n, r in enumerate(self.plan)}
+
+        def position(image_id_: str) -> tuple[int, int]:
+            parent, output = parent_of(image_id_)
+            return (rank.get(parent, len(rank)), output)
+
+        known = [i for i in {**self.images, **self.failed} if parent_of(i)[0] in rank]
+        order = sorted(known, key=position)
         return {
             **self.header,
             "images": [self.images[i] for i in order if i in self.images],

@@ -1,0 +1,309 @@
+"""ComfyUI's HTTP and WebSocket transport with overall deadlines.
+
+A socket timeout bounds one ``recv``; a server that trickles a byte now and then never trips
+it. Here every call has one overall deadline (its own timeout, capped by the step's): a
+watchdog thread shuts the socket down when it passes, so the call fails at the deadline
+whatever the server does.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlencode, urlsplit, urlunsplit
+
+import websocket
+
+
+class ComfyUIError(RuntimeError):
+    pass
+
+
+class ComfyUIValidationError(ComfyUIError):
+    """POST /prompt answered 400: the graph was refused. ``node_errors`` is ComfyUI's own."""
+
+    def __init__(self, message: str, node_errors: dict[str, Any]):
+        super().__init__(message)
+        self.node_errors = node_errors
+
+
+class ComfyUITimeout(ComfyUIError):
+    pass
+
+
+class ComfyUIUnavailable(ComfyUIError):
+    """The server did not answer (connection errors, deadlines or 5xx) through every retry."""
+
+
+class ComfyUIStepDeadline(ComfyUITimeout):
+    """The whole step's deadline passed."""
+
+
+class TransportError(ComfyUIError):
+    """One call failed to get a complete answer (refused, reset, or past its deadline)."""
+
+    def __init__(self, where: str, reason: str):
+        super().__init__(f"{where}: {reason}")
+        self.reason = reason
+
+
+class Watchdog:
+    """One daemon thread that shuts sockets down when their deadlines pass."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._armed: dict[int, tuple[float, socket.socket]] = {}
+        self._fired: set[int] = set()
+        self._next = 0
+        self._closed = False
+        threading.Thread(target=self._run, name="comfyui-deadlines", daemon=True).start()
+
+    def arm(self, sock: socket.socket, deadline: float) -> int:
+        with self._cv:
+            self._next += 1
+            self._armed[self._next] = (deadline, sock)
+            self._cv.notify()
+            return self._next
+
+    def disarm(self, token: int) -> bool:
+        """Whether the deadline fired."""
+        with self._cv:
+            self._armed.pop(token, None)
+            fired = token in self._fired
+            self._fired.discard(token)
+            return fired
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+
+    def _run(self) -> None:
+        with self._cv:
+            while not self._closed:
+                if not self._armed:
+                    self._cv.wait()
+                    continue
+                now = time.monotonic()
+                for token, (deadline, sock) in list(self._armed.items()):
+                    if deadline <= now:
+                        del self._armed[token]
+                        self._fired.add(token)
+                        try:
+                            sock.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+                if self._armed:
+                    self._cv.wait(max(0.0, min(d for d, _ in self._armed.values()) - time.monotonic()))
+
+
+@dataclass
+class Answer:
+    status: int
+    body: bytes
+    url: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 400
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """Raises ValueError on a body that is not JSON."""
+        return json.loads(self.body)
+
+
+def multipart(fields: Mapping[str, str], file_field: str, file_name: str, content: bytes, content_type: str) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{file_field}"; filename="{file_name}"\r\n'
+        f"Content-Type: {content_type}\r\n\r\n".encode()
+        + content
+        + b"\r\n"
+    )
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+class Transport:
+    """HTTP calls to one ComfyUI, each bounded by min(its timeout, the step deadline)."""
+
+    def __init__(self, base_url: str, timeout_s: float, step_deadline: float, watchdog: Watchdog):
+        self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        self.https = parts.scheme == "https"
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if self.https else 80)
+        self.root = parts.path
+        self.timeout_s = timeout_s
+        self.step_deadline = step_deadline
+        self.watchdog = watchdog
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def ws_url(self, client_id: str) -> str:
+        parts = urlsplit(self.base_url)
+        return urlunsplit(("wss" if self.https else "ws", parts.netloc, parts.path + "/ws", f"clientId={client_id}", ""))
+
+    def remaining(self) -> float:
+        return self.step_deadline - time.monotonic()
+
+    def check_step(self, what: str) -> None:
+        if self.remaining() <= 0:
+            raise ComfyUIStepDeadline(f"{what}: the step's overall deadline passed")
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        timeout_s: float | None = None,
+    ) -> Answer:
+        """One complete answer, or TransportError naming the URL and why (deadline included)."""
+        url = self.url(path) + (f"?{urlencode(params)}" if params else "")
+        self.check_step(f"{method} {url}")
+        limit = min(timeout_s or self.timeout_s, self.remaining())
+        deadline = time.monotonic() + limit
+        headers = {"Accept": "*/*"}
+        if json_body is not None:
+            body, content_type = json.dumps(json_body).encode(), "application/json"
+        if content_type:
+            headers["Content-Type"] = content_type
+        cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        conn = cls(self.host, self.port, timeout=max(limit, 0.01))
+        token = None
+        try:
+            conn.connect()
+            token = self.watchdog.arm(conn.sock, deadline)
+            conn.request(method, self.root + path + (f"?{urlencode(params)}" if params else ""), body=body, headers=headers)
+            response = conn.getresponse()
+            data = response.read()
+            status = response.status
+        except (OSError, http.client.HTTPException) as exc:
+            fired = token is not None and self.watchdog.disarm(token)
+            token = None
+            if fired or time.monotonic() >= deadline:
+                raise TransportError(f"{method} {url}", f"no complete answer within its {limit:.3g}s overall deadline") from exc
+            raise TransportError(f"{method} {url}", f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            if token is not None:
+                self.watchdog.disarm(token)
+            conn.close()
+        return Answer(status, data, url)
+
+
+TIMEOUT = object()
+
+
+class EventStream:
+    """ComfyUI's /ws for one client id; closes itself (and says so) when the socket drops.
+    Connecting and each frame are bounded by the watchdog too."""
+
+    def __init__(self, transport: Transport, client_id: str, connect_timeout: float, log: Any):
+        self.url = transport.ws_url(client_id)
+        self.log = log
+        self.watchdog = transport.watchdog
+        self.ws: websocket.WebSocket | None = None
+        limit = min(connect_timeout, max(transport.remaining(), 0.01))
+        token = None
+        try:
+            sock = socket.create_connection((transport.host, transport.port), timeout=limit)
+            token = self.watchdog.arm(sock, time.monotonic() + limit)
+            self.ws = websocket.create_connection(self.url, timeout=limit, socket=sock)
+        except (OSError, websocket.WebSocketException) as exc:
+            log.warning(f"ComfyUI websocket {self.url} unavailable ({exc}); following prompts by polling /history")
+            self.ws = None
+        finally:
+            if token is not None and self.watchdog.disarm(token) and self.ws is not None:
+                self._lost("handshake past its deadline")
+
+    @property
+    def alive(self) -> bool:
+        return self.ws is not None
+
+    def next(self, timeout: float) -> Any:
+        """The next JSON message, ``None`` for one to ignore, or ``TIMEOUT``."""
+        if self.ws is None:
+            return TIMEOUT
+        wait = max(timeout, 0.01)
+        self.ws.settimeout(wait)
+        token = self.watchdog.arm(self.ws.sock, time.monotonic() + wait + 1.0)  # a frame trickled in stays bounded
+        try:
+            frame = self.ws.recv()
+        except websocket.WebSocketTimeoutException:
+            self.watchdog.disarm(token)
+            return TIMEOUT
+        except (websocket.WebSocketException, OSError) as exc:
+            fired = self.watchdog.disarm(token)
+            self._lost("a frame took past its deadline" if fired else (str(exc) or type(exc).__name__))
+            return TIMEOUT
+        if self.watchdog.disarm(token):
+            self._lost("a frame took past its deadline")
+            return TIMEOUT
+        if isinstance(frame, bytes):
+            return None  # binary frames are previews
+        if frame == "":
+            self._lost("closed by the server")
+            return TIMEOUT
+        try:
+            message = json.loads(frame)
+        except json.JSONDecodeError:
+            return None
+        return message if isinstance(message, dict) else None
+
+    def _lost(self, why: str) -> None:
+        self.log.warning(f"ComfyUI websocket {self.url} lost ({why}); falling back to polling /history")
+        self.close()
+
+    def close(self) -> None:
+        if self.ws is not None:
+            try:
+                self.ws.close(timeout=1)
+            except Exception:  # closing a broken socket may fail in many ways; it is gone either way
+                pass
+            self.ws = None
+
+
+def describe_prompt_rejection(url: str, prompt_id: str, body: Any) -> str:
+    """ComfyUI's 400 body as one line naming each node, its class, the input and the message."""
+    if not isinstance(body, dict):
+        return f"{url} rejected prompt {prompt_id}: {str(body)[:500]}"
+    error = body.get("error")
+    if isinstance(error, dict):
+        head = error.get("message") or error.get("type") or "invalid prompt"
+        if error.get("type") and error.get("type") != head:
+            head = f"{head} ({error['type']})"
+    else:
+        head = str(error or "invalid prompt")
+    parts = []
+    node_errors = body.get("node_errors") or {}
+    if isinstance(node_errors, dict):
+        for node_id, node in node_errors.items():
+            class_type = node.get("class_type", "?") if isinstance(node, dict) else "?"
+            for reason in (node.get("errors") or []) if isinstance(node, dict) else []:
+                extra = reason.get("extra_info") or {}
+                input_name = extra.get("input_name")
+                where = f"node {node_id} ({class_type})" + (f" input {input_name!r}" if input_name else "")
+                detail = f": {reason['details']}" if reason.get("details") else ""
+                parts.append(f"{where}: {reason.get('message', reason.get('type', 'error'))}{detail}")
+    if not parts and isinstance(error, dict) and error.get("details"):
+        parts.append(str(error["details"]))
+    return f"{url} rejected prompt {prompt_id}: {head}" + (" - " + "; ".join(parts) if parts else "")
