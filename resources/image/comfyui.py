@@ -152,8 +152,9 @@ class ComfyUIBackend(ImageBackend):
 
     def workflow(self, request: GenerationRequest) -> wf.Graph:
         """The filled graph of one request (references named by their would-be upload names)."""
-        names = {path: upload_name(Path(path).read_bytes()) for path in _reference_paths([request])}
-        return self.fill(self.template(request.workflow), request, names).graph
+        template = self.template(request.workflow)
+        names = {path: upload_name(Path(path).read_bytes()) for path in _reference_paths([request], {request.workflow: template})}
+        return self.fill(template, request, names).graph
 
     # -- HTTP ----------------------------------------------------------------------------------
 
@@ -278,12 +279,13 @@ class ComfyUIBackend(ImageBackend):
         for request in requests_:
             if request.workflow not in templates:
                 templates[request.workflow] = self.template(request.workflow)
-        placeholders = {path: upload_name(path.encode()) for path in _reference_paths(requests_)}
+        needed = _reference_paths(requests_, templates)
+        placeholders = {path: upload_name(path.encode()) for path in needed}
         for request in requests_:  # a dry fill: a slot the queen cannot fill fails before any upload
             self.fill(templates[request.workflow], request, placeholders)
         uploads: dict[str, str] = {}
         by_hash: dict[str, str] = {}
-        for path in _reference_paths(requests_):
+        for path in needed:
             digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
             if digest not in by_hash:
                 by_hash[digest] = self.upload(http, path, log)
@@ -508,10 +510,14 @@ def upload_name(data: bytes) -> str:
     return f"hydra-{hashlib.sha256(data).hexdigest()}.png"
 
 
-def _reference_paths(requests_: Sequence[GenerationRequest]) -> list[str]:
+def _reference_paths(requests_: Sequence[GenerationRequest], templates: dict[str | None, wf.Template]) -> list[str]:
+    """The references the requests' templates have slots for, each once."""
     seen: dict[str, None] = {}
     for request in requests_:
-        for path in ([request.face_reference] if request.face_reference else []) + list(request.style_references):
+        template = templates[request.workflow]
+        face = [request.face_reference] if request.face_reference and template.needs_face else []
+        styles = list(request.style_references[: len(template.style_slots)])
+        for path in face + styles:
             seen.setdefault(path, None)
     return list(seen)
 
