@@ -14,7 +14,9 @@ Knobs for tests: ``fail_post_times`` (answer the first N POST /prompt with 500),
 ``never_finish`` (hang after the first sampler step until interrupted), ``error_on_node``
 (raise in that node), ``slow_post_times`` / ``post_delay_s`` (queue the prompt, then answer
 late, so a client timeout cannot tell whether it got in), ``checkpoints`` / ``loras`` (what
-is "installed").
+is "installed"), ``lose_prompts`` (accept the first N prompts, then forget them as a restart
+does). /object_info and /upload/image answer in the real server's shapes; cached re-runs,
+``progress_state`` and restarts are tested against the real server (tests/test_comfy_real.py).
 """
 
 from __future__ import annotations
@@ -213,6 +215,7 @@ class FakeComfyUI:
     slow_post_times: int = 0
     post_delay_s: float = 0.0
     step_delay_s: float = 0.001
+    lose_prompts: int = 0
 
     # what the tests look at
     post_attempts: int = 0
@@ -331,8 +334,11 @@ class FakeComfyUI:
             extra["client_id"] = body["client_id"]
         number = self.number
         self.number += 1
-        self.pending.append([number, prompt_id, prompt, extra, outputs])
         self.accepted[prompt_id] = prompt
+        if self.lose_prompts > 0:  # accepted, then gone (as a restart loses the in-memory queue)
+            self.lose_prompts -= 1
+            return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
+        self.pending.append([number, prompt_id, prompt, extra, outputs])
         self._work.set()
         await self._broadcast_status()
         if len(self.accepted) <= self.slow_post_times:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from pathlib import Path
 import time
 
 import numpy as np
@@ -12,11 +13,13 @@ import requests
 
 from hydra_assets.domain import comfy_workflow as wf
 from hydra_assets.domain import generation as gen
+from hydra_assets.domain.workflows import WorkflowError
 from hydra_assets.domain.demo_data import DEMO_QUEENS
 from hydra_assets.domain.roster import Queen
 from resources.image import (
     ComfyUIBackend,
     ComfyUIPreflightError,
+    ComfyUITimeout,
     ComfyUIUnavailable,
     ComfyUIValidationError,
     backoff_delay,
@@ -201,3 +204,92 @@ def test_view_refuses_path_tricks(comfy):
     assert requests.get(f"{server.url}/view", params={**params, "filename": "../secret.png"}, timeout=5).status_code == 400
     assert requests.get(f"{server.url}/view", params={**params, "subfolder": "../../etc"}, timeout=5).status_code == 403
     assert requests.get(f"{server.url}/view", params={**params, "filename": "nope.png"}, timeout=5).status_code == 404
+
+
+def test_a_prompt_the_server_forgot_is_resubmitted_and_not_waited_for(comfy):
+    server = comfy(lose_prompts=1)
+    began = time.monotonic()
+    [result] = list(client(server, ws_idle_poll_s=0.2, image_timeout_s=600).generate(plan(1)))
+    assert result.error is None and result.details["resubmitted"] == 1
+    assert len(server.accepted) == 2 and time.monotonic() - began < 10
+
+    hopeless = comfy(lose_prompts=10)
+    [result] = list(client(hopeless, ws_idle_poll_s=0.2, max_resubmits=2).generate(plan(1)))
+    assert result.image is None and "was lost by" in result.error and "3 times" in result.error
+    assert len(hopeless.accepted) == 3  # one submission and two resubmissions, no more
+
+
+class TrickleServer:
+    """Accepts connections and answers one byte every ``interval_s``, never finishing."""
+
+    def __init__(self, interval_s: float = 0.1):
+        import threading
+
+        self.interval_s = interval_s
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Pad: " + b"a" * 100000
+        try:
+            conn.recv(65536)
+            for byte in answer:
+                if self.stopped:
+                    break
+                conn.sendall(bytes([byte]))
+                time.sleep(self.interval_s)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.sock.close()
+
+
+def test_a_trickling_server_cannot_stretch_a_call_or_the_step():
+    server = TrickleServer()
+    try:
+        backend = ComfyUIBackend(base_url=server.url, request_timeout_s=1.0, max_retries=0)
+        began = time.monotonic()
+        with pytest.raises(ComfyUIUnavailable, match=r"GET .*/object_info failed after 1 attempts: no complete answer within its 1s overall deadline"):
+            list(backend.generate(plan(1)))
+        assert time.monotonic() - began < 2.5  # not 0.1 s per byte for ever
+
+        patient = ComfyUIBackend(base_url=server.url, request_timeout_s=1.0, max_retries=50, backoff_base_s=0.01, backoff_cap_s=0.02, step_timeout_s=2.5)
+        began = time.monotonic()
+        with pytest.raises(ComfyUITimeout, match=r"overall deadline passed \(2.5s\)"):
+            list(patient.generate(plan(1)))
+        assert time.monotonic() - began < 4.0  # the step's deadline, whatever the retries allow
+    finally:
+        server.stop()
+
+
+def test_a_face_slot_the_queen_cannot_fill_is_refused_before_anything_is_queued(comfy, tmp_path):
+    import json
+
+    server = comfy()
+    folder = tmp_path / "wf"
+    folder.mkdir()
+    graph = json.loads(Path("workflows/sdxl.json").read_text())
+    graph["9"] = {"class_type": "LoadImage", "inputs": {"image": "x.png"}, "_meta": {"title": "hydra.reference.face"}}
+    (folder / "face.json").write_text(json.dumps(graph))
+    requests_ = [gen.GenerationRequest(**{**r.__dict__, "workflow": "face"}) for r in plan(2)]
+    with pytest.raises(WorkflowError, match=r"face.json: node 9 slot 'hydra.reference.face': the queen has no face reference"):
+        list(client(server, workflows_dir=str(folder)).generate(requests_))
+    assert (server.post_attempts, server.uploads, server.object_info_gets) == (0, 0, 0)

@@ -197,6 +197,10 @@ class Transport:
             response = conn.getresponse()
             data = response.read()
             status = response.status
+            fired = self.watchdog.disarm(token)
+            token = None
+            if fired:  # cut off mid-answer: what http.client made of the rest is not the answer
+                raise TransportError(f"{method} {url}", f"no complete answer within its {limit:.3g}s overall deadline")
         except (OSError, http.client.HTTPException) as exc:
             fired = token is not None and self.watchdog.disarm(token)
             token = None

@@ -291,7 +291,7 @@ class ComfyUIBackend(ImageBackend):
                 by_hash[digest] = self.upload(http, path, log)
             uploads[path] = by_hash[digest]
         filled = {r.image_id: self.fill(templates[r.workflow], r, uploads) for r in requests_}
-        answer = self._call(http, "GET", "/object_info", log, timeout_s=max(self.request_timeout_s, 60.0))
+        answer = self._call(http, "GET", "/object_info", log)
         try:
             object_info = answer.json()
         except ValueError as exc:
