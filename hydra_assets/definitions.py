@@ -81,7 +81,7 @@ def cluster_resources() -> dict[str, Any]:
             gradient_checkpointing=True,
             log_every=50,
         ),
-        "image_backend": ComfyUIBackend(base_url=dg.EnvVar("HYDRA_COMFYUI_URL")),
+        "image_backend": ComfyUIBackend(base_url=dg.EnvVar("HYDRA_COMFYUI_URL"), workflows_dir=SETTINGS.workflows_dir),
         "aesthetic": LaionAesthetic(
             clip_checkpoint_path=dg.EnvVar("HYDRA_CLIP_CHECKPOINT"), mlp_path=dg.EnvVar("HYDRA_LAION_MLP")
         ),

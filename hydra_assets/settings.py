@@ -26,6 +26,7 @@ class Settings:
     catalog_url: str
     webhook_url: str | None
     pushgateway_url: str | None
+    workflows_dir: str = str(Path("workflows").resolve())
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -42,6 +43,7 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         catalog_url=environ.get("HYDRA_CATALOG_URL", f"sqlite:///{var / 'catalog.db'}"),
         webhook_url=environ.get("HYDRA_WEBHOOK_URL") or None,
         pushgateway_url=environ.get("HYDRA_PUSHGATEWAY_URL") or None,
+        workflows_dir=environ.get("HYDRA_WORKFLOWS_DIR") or str(Path("workflows").resolve()),
     )
 
 

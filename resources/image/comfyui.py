@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 import time
 import uuid
 from collections import deque
@@ -81,8 +80,8 @@ class ComfyUIBackend(ImageBackend):
     base_url: str = Field(description="ComfyUI's HTTP root, e.g. http://comfyui:8188")
     checkpoint: str = Field(default="RealVisXL_V5.0.safetensors", description="ckpt_name for the hydra.checkpoint slot.")
     workflows_dir: str = Field(
-        default_factory=lambda: os.environ.get("HYDRA_WORKFLOWS_DIR", "workflows"),
-        description="Folder of API-format workflow templates ({name}.json); HYDRA_WORKFLOWS_DIR, default ./workflows.",
+        default="workflows",
+        description="Folder of API-format workflow templates ({name}.json); on the cluster HYDRA_WORKFLOWS_DIR (settings.py).",
     )
     filename_prefix: str = Field(default="hydra", description="SaveImage prefix; images land in output/<prefix>/<queen>/.")
     max_in_flight: int = Field(default=4, ge=1)
