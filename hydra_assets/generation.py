@@ -30,6 +30,7 @@ from hydra_assets.gpu import gpu_asset_kwargs
 from hydra_assets.metadata import markdown_table, png_preview
 from hydra_assets.partitions import queen_nights_partitions
 from resources.image import ImageBackend
+from resources.llm import PromptExpander
 from resources.metrics import MetricsPusher
 from resources.storage import HydraStorage
 
@@ -201,6 +202,7 @@ def generated_images(
     storage: HydraStorage,
     image_backend: ImageBackend,
     metrics: MetricsPusher,
+    prompt_expander: PromptExpander,
 ):
     keys = queen_nights_partitions.get_partition_key_from_str(context.partition_key).keys_by_dimension
     slug, night = keys["queen"], keys["night"]
@@ -248,6 +250,9 @@ def generated_images(
         batch_size=config.batch_size,
         **templates,
     )
+    expansions = prompt_expander.expand(gen.expansion_requests(plan), log=context.log, cache_dir=str(layout.root / "cache" / "prompt_expansion"))
+    plan = gen.with_expansions(plan, expansions)
+    sources = Counter(e.source for e in expansions)
     header = {
         "queen": slug,
         "night": night,
@@ -258,6 +263,7 @@ def generated_images(
         "reference_set_hash": references["reference_set_hash"],
         "lora": lora.to_manifest() if lora else None,
         "planned": counts,
+        "prompt_sources": dict(sources),
         **({"workflows": templates["workflows"]} if templates else {}),
     }
     folder = layout.generated_dir(night, slug)
@@ -302,6 +308,7 @@ def generated_images(
             "model": image_backend.model_name(),
             "model_seconds": round(run.model_seconds, 3),
             "lora_version": lora.version if lora else None,
+            "prompt_sources": dg.MetadataValue.json(dict(sources)),
             "reference_set_hash": references["reference_set_hash"],
             **({"degraded_on_purpose": degraded} if not generative else {}),
             "manifest": dg.MetadataValue.path(str(folder / gen.MANIFEST_NAME)),

@@ -25,6 +25,7 @@ from hydra_assets.domain.storage import StorageLayout, atomic_write_json
 from hydra_assets.generation import generate_partition, generated_images
 from hydra_assets.partitions import QUEENS, queen_night_key
 from resources.image import ComfyUIBackend, ComfyUIPreflightError, upload_name
+from resources.llm import TemplatePromptExpander
 from resources.metrics import MetricsPusher
 from resources.storage import HydraStorage
 from tests.comfy_real import EMPTY_BATCH, FACE_SCALE, REPO, SCALED, SERVER_CHECKPOINT, SERVER_LORA, real_comfy, write_workflow  # noqa: F401
@@ -210,6 +211,7 @@ def test_queen_with_a_face_workflow_renders_her_best_identity_portrait(real_comf
                 "storage": HydraStorage(root=str(storage), roster_dir=str(roster)),
                 "image_backend": backend(real_comfy, tmp_path / "wf"),
                 "metrics": MetricsPusher(),
+                "prompt_expander": TemplatePromptExpander(),
             },
             run_config={"ops": {"generated_images": {"config": {"width": 64, "height": 64, "asset_types": ["portrait"], "per_night_budget": 2}}}},
         )
@@ -227,6 +229,7 @@ def test_queen_with_a_face_workflow_renders_her_best_identity_portrait(real_comf
         assert min(distance, key=distance.get) == best["source"]  # her best-identity portrait reached LoadImage
         assert entry["params"]["workflow"] == "face-scale" and len(entry["details"]["workflow"]["sha256"]) == 64
         assert entry["params"]["model"] == "none (the workflow loads no checkpoint)"
+        assert entry["params"]["prompt_source"] == "template"
     for entry in portraits:  # only the face slot's image was uploaded
         name = upload_name((layout.normalized_references(NOVA.slug) / entry["normalized"]).read_bytes())
         assert (real_comfy.input_dir / name).is_file() == (entry is best)

@@ -23,6 +23,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from hydra_assets.domain.prompt_expansion import Expansion, ExpansionRequest
 from hydra_assets.domain.prompts import build_prompts
 from hydra_assets.domain.roster import Queen
 from hydra_assets.domain.storage import read_json, sha256_bytes, sha256_file
@@ -338,6 +339,24 @@ def plan_night(
                 )
             )
     return plan
+
+
+def expansion_requests(plan: Sequence[GenerationRequest]) -> list[ExpansionRequest]:
+    """What the prompt expander gets per image: her DNA template prompt, type, slot and seed."""
+    return [ExpansionRequest(r.queen, r.asset_type, r.prompt, r.index, r.seed) for r in plan]
+
+
+def with_expansions(plan: Sequence[GenerationRequest], expansions: Sequence[Expansion]) -> list[GenerationRequest]:
+    """The plan with each image's expanded prompt and where it came from (``prompt_source``,
+    model, cache key, a fallback's warning) in its params, so in its hash, PNG and manifest."""
+    if len(expansions) != len(plan):
+        raise ValueError(f"{len(expansions)} expansions for {len(plan)} images")
+    expanded = []
+    for request, expansion in zip(plan, expansions):
+        params = {**request.params, "prompt": expansion.prompt, "template_prompt": request.prompt, **expansion.params()}
+        digest = params_hash(params)
+        expanded.append(replace(request, params=params, params_hash=digest, file=image_file(request.asset_type, request.image_id, digest)))
+    return expanded
 
 
 def output_request(request: GenerationRequest, output_index: int) -> GenerationRequest:
