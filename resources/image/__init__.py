@@ -14,7 +14,8 @@ from resources.image.comfy_http import (
     ComfyUIValidationError,
     describe_prompt_rejection,
 )
-from resources.image.comfyui import ComfyUIBackend, ComfyUIPreflightError, upload_name
+from resources.image.comfy_preflight import ComfyUIPreflightError, upload_name
+from resources.image.comfyui import ComfyUIBackend
 from resources.image.demo import DEGRADATIONS, DEMO_MODEL, DEMO_RENDERER, DemoRenderer, render_demo_image
 from resources.image.diffusers import DIFFUSERS_SAMPLERS, DIFFUSERS_SCHEDULES, DiffusersBackend, diffusers_scheduler, load_sdxl_pipeline
 
