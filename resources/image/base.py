@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import dagster as dg
 from PIL import Image
 
-from hydra_assets.domain.generation import GenerationRequest
+from hydra_assets.domain.night_plan import GenerationRequest
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hydra_assets.domain import workflows as wf
-from hydra_assets.domain.generation import GenerationRequest
+from hydra_assets.domain.night_plan import GenerationRequest
 from resources.image.comfy_http import ComfyUIError, Transport, multipart
 
 if TYPE_CHECKING:

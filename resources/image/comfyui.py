@@ -24,7 +24,7 @@ from PIL import Image
 from pydantic import Field
 
 from hydra_assets.domain import workflows as wf
-from hydra_assets.domain.generation import GenerationRequest
+from hydra_assets.domain.night_plan import GenerationRequest
 from resources.image.base import GenerationResult, ImageBackend, backoff_delay
 from resources.image.comfy_preflight import reference_paths, prepare, upload_name
 from resources.image.comfy_http import (

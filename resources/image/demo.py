@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from pydantic import Field
 
-from hydra_assets.domain.generation import GenerationRequest
+from hydra_assets.domain.night_plan import GenerationRequest
 from resources.image.base import GenerationResult, ImageBackend
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import Field
 
-from hydra_assets.domain.generation import GenerationRequest
+from hydra_assets.domain.night_plan import GenerationRequest
 from resources.image.base import GenerationResult, ImageBackend
 
 logger = logging.getLogger(__name__)
