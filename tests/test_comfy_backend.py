@@ -293,3 +293,10 @@ def test_a_face_slot_the_queen_cannot_fill_is_refused_before_anything_is_queued(
     with pytest.raises(WorkflowError, match=r"face.json: node 9 slot 'hydra.reference.face': the queen has no face reference"):
         list(client(server, workflows_dir=str(folder)).generate(requests_))
     assert (server.post_attempts, server.uploads, server.object_info_gets) == (0, 0, 0)
+
+
+def test_websocket_is_reconnected_after_polling_a_while(comfy):
+    server = comfy(drop_ws_on="progress", step_delay_s=0.05)
+    results = list(client(server, ws_idle_poll_s=0.3, max_in_flight=1).generate(plan(6)))
+    assert [r.error for r in results] == [None] * 6
+    assert server.ws_dropped >= 2  # each reconnected socket met the next drop: it did reconnect

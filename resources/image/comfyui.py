@@ -411,6 +411,7 @@ class ComfyUIBackend(ImageBackend):
         http = Transport(self.base_url, self.request_timeout_s, time.monotonic() + self.step_timeout_s, watchdog)
         pending: dict[str, _Pending] = {}
         stream = None
+        dead_since = 0.0
         try:
             filled = prepare(self, http, requests_, log) if requests_ else {}
             waiting = deque(requests_)
@@ -426,6 +427,15 @@ class ComfyUIBackend(ImageBackend):
                         continue
                     now = time.monotonic()
                     pending[prompt_id] = _Pending(request, graph, prompt_id, now + self.image_timeout_s, now)
+                if stream is not None and not stream.alive:
+                    dead_since = dead_since or time.monotonic()
+                if pending and stream is not None and not stream.alive and time.monotonic() - dead_since >= self.ws_idle_poll_s:
+                    # polled for ws_idle_poll_s: follow the websocket again, and read what finished meanwhile
+                    stream = EventStream(http, client_id, self.request_timeout_s, log)
+                    dead_since = 0.0 if stream.alive else time.monotonic()
+                    if stream.alive:
+                        log.info(f"ComfyUI websocket {stream.url} reconnected")
+                        self._resubmit(http, pending, self._poll(http, pending, log), client_id, log)
                 if pending:
                     for prompt_id in self._wait(http, stream, pending, client_id, log):
                         yield from self._collect(http, pending.pop(prompt_id), log)
