@@ -8,12 +8,14 @@ OpenAI-compatible implementation (TabbyAPI behind LiteLLM on the cluster):
 - :class:`DialogueVariator` → :class:`WriterTextVariator` (the writer's line, as is),
   :class:`OpenAIDialogueVariator`.
 
-Both OpenAI implementations share :class:`OpenAIChat` (endpoint settings, one HTTP client, the
-content-keyed cache): the same settings object in the Definitions serves both.
+Both OpenAI implementations share :class:`OpenAIChat` (endpoint settings, the transport, the
+content-keyed cache folder); :func:`llm_resources` builds the pair from one set of settings.
 
 **Why plain HTTP through :mod:`resources.http` and not the ``openai`` client.** The client's
 ``timeout`` is an ``httpx.Timeout``: per phase, with the read timeout applying to each chunk,
-so a server that drips a byte a second holds a call for ever; its retries have their own
+so a server that drips a byte a second holds a call for ever (measured: ``openai.OpenAI(
+timeout=1.0, max_retries=0)`` against a server dripping 60 bytes at 0.1 s returned after 6.1 s,
+with a raw ``JSONDecodeError`` for the non-JSON body); its retries have their own
 backoff (0.5-8 s) and status list. Wrapping it for a real deadline would need the same
 watchdog that :mod:`resources.http` already is, and issue 14 asks for one retry mechanism.
 The protocol is one POST with a small JSON body, checked here with pydantic.
@@ -267,3 +269,15 @@ class OpenAIDialogueVariator(DialogueVariator, OpenAIChat):
             return Variation(text, "writer", warning, "writer", key)
         self.remember(cache, key, line, model, {"speaker": speaker, "seed": seed}, log)
         return Variation(line, "llm", None, model, key)
+
+
+def llm_resources(base_url: Any = None, **settings: Any) -> dict[str, dg.ConfigurableResource]:
+    """The two LLM resources under their Definitions keys, from one set of settings: the
+    embedded pair when no endpoint is configured (``base_url`` None or empty), else the
+    OpenAI-compatible pair (``base_url``/``api_key`` may be ``dg.EnvVar``s)."""
+    if not base_url:
+        return {"prompt_expander": TemplatePromptExpander(), "dialogue_variator": WriterTextVariator()}
+    return {
+        "prompt_expander": OpenAIPromptExpander(base_url=base_url, **settings),
+        "dialogue_variator": OpenAIDialogueVariator(base_url=base_url, **settings),
+    }

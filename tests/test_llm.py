@@ -18,6 +18,7 @@ from resources.llm import (
     PromptExpander,
     TemplatePromptExpander,
     WriterTextVariator,
+    llm_resources,
 )
 from tests.http_server import Handler, Recorded, ScriptedServer, answer, close_connection, drip_body, free_port_refusing
 
@@ -123,7 +124,8 @@ def test_rerun_asks_nothing_and_a_changed_input_asks_again(server, tmp_path):
 
 def test_cache_dir_passed_by_the_asset_wins(server, tmp_path):
     server.script(ROUTE, chat_app())
-    chosen = tmp_path / "storage" / "cache" / "prompt_expansions"
+    chosen = pe.cache_folder(tmp_path / "storage")
+    assert chosen == tmp_path / "storage" / "cache" / "prompt_expansions"
     result = expander(server.url, tmp_path, cache_dir=None).expand(requests_(1), cache_dir=str(chosen))
     assert ExpansionCache(chosen).get(result[0].cache_key)["text"] == result[0].prompt
 
@@ -262,9 +264,11 @@ def test_resources_load_from_env_vars_in_an_asset(server, tmp_path, monkeypatch)
         line = dialogue.vary(**ASK, cache_dir=str(tmp_path / "d"))
         return dg.MaterializeResult(metadata={"source": result[0].source, "line": line.source})
 
-    env = dict(base_url=dg.EnvVar("HYDRA_LLM_BASE_URL"), api_key=dg.EnvVar("HYDRA_LLM_API_KEY"), timeout_s=2)
-    out = dg.materialize([expanded], resources={"prompt_expander": OpenAIPromptExpander(**env),
-                                                "dialogue": OpenAIDialogueVariator(**env)})
+    resources = llm_resources(dg.EnvVar("HYDRA_LLM_BASE_URL"), api_key=dg.EnvVar("HYDRA_LLM_API_KEY"), timeout_s=2)
+    assert isinstance(resources["prompt_expander"], OpenAIPromptExpander)
+    assert isinstance(resources["dialogue_variator"], OpenAIDialogueVariator)
+    out = dg.materialize([expanded], resources={"prompt_expander": resources["prompt_expander"],
+                                                "dialogue": resources["dialogue_variator"]})
     mat = out.asset_materializations_for_node("expanded")[0]
     assert mat.metadata["source"].value == "llm" and mat.metadata["line"].value == "llm"
     assert {h.headers["Authorization"] for h in server.hits(ROUTE)} == {"Bearer sk-env"}
@@ -275,3 +279,9 @@ def test_expansion_params_record_the_prompt_source(server, tmp_path):
     fallback = expander(server.url, tmp_path).expand(requests_(1))[0]
     assert fallback.params()["prompt_source"] == "template" and "down" in fallback.params()["prompt_warning"]
     assert TemplatePromptExpander().expand(requests_(1))[0].params().keys() == {"prompt_source", "prompt_model", "prompt_cache_key"}
+
+
+def test_without_an_endpoint_the_embedded_pair_is_chosen():
+    resources = llm_resources(None, model="ignored")
+    assert isinstance(resources["prompt_expander"], TemplatePromptExpander)
+    assert isinstance(resources["dialogue_variator"], WriterTextVariator)

@@ -25,6 +25,8 @@ from typing import Any, Literal
 from hydra_assets.domain.storage import atomic_write_json
 
 CACHE_VERSION = 1
+CACHE_FOLDER = Path("cache") / "prompt_expansions"
+"""Under the storage root; prompt expansions and dialogue variations share it (keys name their kind)."""
 
 PROMPT_SYSTEM_TEMPLATE = """\
 You write prompts for a portrait photography image generator.
@@ -166,6 +168,11 @@ def clean_completion(content: str | None, max_chars: int, one_line: bool) -> tup
     if len(text) > max_chars:
         return None, f"the answer is {len(text)} characters, over the limit of {max_chars}"
     return text, None
+
+
+def cache_folder(storage_root: Path | str) -> Path:
+    """Where the LLM's answers are cached for a storage root (what assets pass as ``cache_dir``)."""
+    return Path(storage_root) / CACHE_FOLDER
 
 
 class ExpansionCache:
