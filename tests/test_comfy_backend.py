@@ -192,7 +192,7 @@ def test_unreachable_server_fails_after_the_retries():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     backend = ComfyUIBackend(base_url=f"http://127.0.0.1:{port}", backoff_base_s=0.01, backoff_cap_s=0.02, request_timeout_s=1)
-    with pytest.raises(ComfyUIUnavailable, match=rf"GET http://127.0.0.1:{port}/object_info failed after 4 attempts: ConnectionRefusedError"):
+    with pytest.raises(ComfyUIUnavailable, match=rf"GET http://127.0.0.1:{port}/object_info failed after 4 attempts: ComfyUI ConnectionError: .*Connection refused"):
         list(backend.generate(plan(1)))
 
 
@@ -267,7 +267,7 @@ def test_a_trickling_server_cannot_stretch_a_call_or_the_step():
     try:
         backend = ComfyUIBackend(base_url=server.url, request_timeout_s=1.0, max_retries=0)
         began = time.monotonic()
-        with pytest.raises(ComfyUIUnavailable, match=r"GET .*/object_info failed after 1 attempts: no complete answer within its 1s overall deadline"):
+        with pytest.raises(ComfyUIUnavailable, match=r"GET .*/object_info failed after 1 attempts: ComfyUI no complete answer within the 1 s deadline"):
             list(backend.generate(plan(1)))
         assert time.monotonic() - began < 2.5  # not 0.1 s per byte for ever
 

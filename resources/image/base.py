@@ -10,7 +10,6 @@ workflow refused by preflight) raises.
 from __future__ import annotations
 
 import abc
-import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -19,6 +18,7 @@ import dagster as dg
 from PIL import Image
 
 from hydra_assets.domain.night_plan import GenerationRequest
+from resources.http import backoff_delay  # noqa: F401  (SPEC's backoff, one definition; re-exported)
 
 
 @dataclass
@@ -62,11 +62,3 @@ class ImageBackend(dg.ConfigurableResource, abc.ABC):
     @abc.abstractmethod
     def generate(self, requests: Sequence[GenerationRequest], log: Any = None) -> Iterator[GenerationResult]:
         """One result per request, each yielded as soon as it is ready."""
-
-
-def backoff_delay(attempt: int, base_s: float, cap_s: float, rng: random.Random | None = None) -> float:
-    """SPEC's min(base·2^attempt, cap), with 'equal jitter': somewhere in its upper half, so
-    clients that failed together do not come back together."""
-    ceiling = min(base_s * 2**attempt, cap_s)
-    return (rng or random).uniform(ceiling / 2, ceiling)
-

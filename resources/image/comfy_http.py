@@ -1,14 +1,13 @@
 """ComfyUI's HTTP and WebSocket transport with overall deadlines.
 
 A socket timeout bounds one ``recv``; a server that trickles a byte now and then never trips
-it. Here every call has one overall deadline (its own timeout, capped by the step's): a
-watchdog thread shuts the socket down when it passes, so the call fails at the deadline
-whatever the server does.
+it. Every HTTP call goes through the shared client (:mod:`resources.http`) with one overall
+deadline, its own timeout capped by the step's; the websocket gets the same from a watchdog
+thread here that shuts its socket down when a frame's deadline passes.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 import threading
@@ -20,6 +19,8 @@ from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import websocket
+
+from resources.http import HttpClient, HttpError, HttpPolicy
 
 
 class ComfyUIError(RuntimeError):
@@ -151,6 +152,8 @@ class Transport:
         self.timeout_s = timeout_s
         self.step_deadline = step_deadline
         self.watchdog = watchdog
+        policy = HttpPolicy(connect_timeout_s=min(5.0, timeout_s), read_timeout_s=timeout_s, deadline_s=timeout_s, max_retries=0)
+        self.client = HttpClient(self.base_url, policy, name="ComfyUI")
 
     def url(self, path: str) -> str:
         return self.base_url + path
@@ -177,41 +180,21 @@ class Transport:
         content_type: str | None = None,
         timeout_s: float | None = None,
     ) -> Answer:
-        """One complete answer, or TransportError naming the URL and why (deadline included)."""
+        """One complete answer (any status), or TransportError naming the URL and why. The
+        shared client (resources.http) bounds the call, trickling included; retries are the
+        backend's, since ComfyUI's POST /prompt must ask before it repeats."""
         url = self.url(path) + (f"?{urlencode(params)}" if params else "")
         self.check_step(f"{method} {url}")
         limit = min(timeout_s or self.timeout_s, self.remaining())
-        deadline = time.monotonic() + limit
-        headers = {"Accept": "*/*"}
-        if json_body is not None:
-            body, content_type = json.dumps(json_body).encode(), "application/json"
-        if content_type:
-            headers["Content-Type"] = content_type
-        cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
-        conn = cls(self.host, self.port, timeout=max(limit, 0.01))
-        token = None
+        headers = {"Content-Type": content_type} if content_type else None
         try:
-            conn.connect()
-            token = self.watchdog.arm(conn.sock, deadline)
-            conn.request(method, self.root + path + (f"?{urlencode(params)}" if params else ""), body=body, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-            status = response.status
-            fired = self.watchdog.disarm(token)
-            token = None
-            if fired:  # cut off mid-answer: what http.client made of the rest is not the answer
-                raise TransportError(f"{method} {url}", f"no complete answer within its {limit:.3g}s overall deadline")
-        except (OSError, http.client.HTTPException) as exc:
-            fired = token is not None and self.watchdog.disarm(token)
-            token = None
-            if fired or time.monotonic() >= deadline:
-                raise TransportError(f"{method} {url}", f"no complete answer within its {limit:.3g}s overall deadline") from exc
-            raise TransportError(f"{method} {url}", f"{type(exc).__name__}: {exc}") from exc
-        finally:
-            if token is not None:
-                self.watchdog.disarm(token)
-            conn.close()
-        return Answer(status, data, url)
+            answer = self.client.request(method, path, deadline_s=max(limit, 0.01), params=params, json=json_body, data=body, headers=headers)
+        except HttpError as exc:
+            raise TransportError(f"{method} {url}", exc.got) from exc
+        return Answer(answer.status, answer.body, url)
+
+    def close(self) -> None:
+        self.client.close()
 
 
 TIMEOUT = object()

@@ -236,6 +236,8 @@ class ComfyUIBackend(ImageBackend):
                     http.request("POST", "/interrupt", json_body={"prompt_id": item[1]})
         except (ComfyUIError, ValueError, AttributeError):
             pass
+        finally:
+            http.close()
 
     # -- following prompts ---------------------------------------------------------------------
 
@@ -445,6 +447,7 @@ class ComfyUIBackend(ImageBackend):
             if stream is not None:
                 stream.close()
             self._cancel(http, list(pending))  # the consumer stopped early: free the GPU
+            http.close()
             watchdog.close()
 
 
