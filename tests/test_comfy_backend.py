@@ -25,7 +25,7 @@ from resources.image import (
     backoff_delay,
     describe_prompt_rejection,
 )
-from resources.image.comfy_http import Transport, Watchdog
+from resources.image.comfy_http import Transport
 from tests.comfy_server import FakeComfyUI, render_png
 
 NOVA = Queen.model_validate(DEMO_QUEENS[0].roster)
@@ -87,7 +87,7 @@ def test_normal_run_follows_the_websocket_and_downloads_each_image(comfy):
 
 
 def submit_one(backend: ComfyUIBackend, request: gen.GenerationRequest) -> str:
-    http = Transport(backend.base_url, 5.0, time.monotonic() + 30, Watchdog())
+    http = Transport(backend.base_url, 5.0, time.monotonic() + 30)
     return backend.submit(http, backend.workflow(request), request, "client", logging.getLogger("test"))
 
 

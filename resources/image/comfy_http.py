@@ -2,15 +2,13 @@
 
 A socket timeout bounds one ``recv``; a server that trickles a byte now and then never trips
 it. Every HTTP call goes through the shared client (:mod:`resources.http`) with one overall
-deadline, its own timeout capped by the step's; the websocket gets the same from a watchdog
-thread here that shuts its socket down when a frame's deadline passes.
-"""
+deadline, its own timeout capped by the step's; the websocket's handshake and every frame
+are bounded by the same client's deadline watch (``deadline_watch``)."""
 
 from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -21,6 +19,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 import websocket
 
 from resources.http import HttpClient, HttpError, HttpPolicy
+from resources.http.transport import deadline_watch
 
 
 class ComfyUIError(RuntimeError):
@@ -53,56 +52,6 @@ class TransportError(ComfyUIError):
     def __init__(self, where: str, reason: str):
         super().__init__(f"{where}: {reason}")
         self.reason = reason
-
-
-class Watchdog:
-    """One daemon thread that shuts sockets down when their deadlines pass."""
-
-    def __init__(self) -> None:
-        self._cv = threading.Condition()
-        self._armed: dict[int, tuple[float, socket.socket]] = {}
-        self._fired: set[int] = set()
-        self._next = 0
-        self._closed = False
-        threading.Thread(target=self._run, name="comfyui-deadlines", daemon=True).start()
-
-    def arm(self, sock: socket.socket, deadline: float) -> int:
-        with self._cv:
-            self._next += 1
-            self._armed[self._next] = (deadline, sock)
-            self._cv.notify()
-            return self._next
-
-    def disarm(self, token: int) -> bool:
-        """Whether the deadline fired."""
-        with self._cv:
-            self._armed.pop(token, None)
-            fired = token in self._fired
-            self._fired.discard(token)
-            return fired
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify()
-
-    def _run(self) -> None:
-        with self._cv:
-            while not self._closed:
-                if not self._armed:
-                    self._cv.wait()
-                    continue
-                now = time.monotonic()
-                for token, (deadline, sock) in list(self._armed.items()):
-                    if deadline <= now:
-                        del self._armed[token]
-                        self._fired.add(token)
-                        try:
-                            sock.shutdown(socket.SHUT_RDWR)
-                        except OSError:
-                            pass
-                if self._armed:
-                    self._cv.wait(max(0.0, min(d for d, _ in self._armed.values()) - time.monotonic()))
 
 
 @dataclass
@@ -142,7 +91,7 @@ def multipart(fields: Mapping[str, str], file_field: str, file_name: str, conten
 class Transport:
     """HTTP calls to one ComfyUI, each bounded by min(its timeout, the step deadline)."""
 
-    def __init__(self, base_url: str, timeout_s: float, step_deadline: float, watchdog: Watchdog):
+    def __init__(self, base_url: str, timeout_s: float, step_deadline: float):
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         self.https = parts.scheme == "https"
@@ -151,7 +100,6 @@ class Transport:
         self.root = parts.path
         self.timeout_s = timeout_s
         self.step_deadline = step_deadline
-        self.watchdog = watchdog
         policy = HttpPolicy(connect_timeout_s=min(5.0, timeout_s), read_timeout_s=timeout_s, deadline_s=timeout_s, max_retries=0)
         self.client = HttpClient(self.base_url, policy, name="ComfyUI")
 
@@ -202,25 +150,22 @@ TIMEOUT = object()
 
 class EventStream:
     """ComfyUI's /ws for one client id; closes itself (and says so) when the socket drops.
-    Connecting and each frame are bounded by the watchdog too."""
+    Connecting and each frame are bounded by the shared deadline watch too."""
 
     def __init__(self, transport: Transport, client_id: str, connect_timeout: float, log: Any):
         self.url = transport.ws_url(client_id)
         self.log = log
-        self.watchdog = transport.watchdog
         self.ws: websocket.WebSocket | None = None
         limit = min(connect_timeout, max(transport.remaining(), 0.01))
-        token = None
-        try:
-            sock = socket.create_connection((transport.host, transport.port), timeout=limit)
-            token = self.watchdog.arm(sock, time.monotonic() + limit)
-            self.ws = websocket.create_connection(self.url, timeout=limit, socket=sock)
-        except (OSError, websocket.WebSocketException) as exc:
-            log.warning(f"ComfyUI websocket {self.url} unavailable ({exc}); following prompts by polling /history")
-            self.ws = None
-        finally:
-            if token is not None and self.watchdog.disarm(token) and self.ws is not None:
-                self._lost("handshake past its deadline")
+        with deadline_watch(limit) as watch:
+            try:
+                sock = socket.create_connection((transport.host, transport.port), timeout=limit)
+                watch.add(sock)
+                self.ws = websocket.create_connection(self.url, timeout=limit, socket=sock)
+            except (OSError, websocket.WebSocketException) as exc:
+                why = "no handshake within its deadline" if watch.fired else exc
+                log.warning(f"ComfyUI websocket {self.url} unavailable ({why}); following prompts by polling /history")
+                self.ws = None
 
     @property
     def alive(self) -> bool:
@@ -232,19 +177,18 @@ class EventStream:
             return TIMEOUT
         wait = max(timeout, 0.01)
         self.ws.settimeout(wait)
-        token = self.watchdog.arm(self.ws.sock, time.monotonic() + wait + 1.0)  # a frame trickled in stays bounded
-        try:
-            frame = self.ws.recv()
-        except websocket.WebSocketTimeoutException:
-            self.watchdog.disarm(token)
-            return TIMEOUT
-        except (websocket.WebSocketException, OSError) as exc:
-            fired = self.watchdog.disarm(token)
-            self._lost("a frame took past its deadline" if fired else (str(exc) or type(exc).__name__))
-            return TIMEOUT
-        if self.watchdog.disarm(token):
-            self._lost("a frame took past its deadline")
-            return TIMEOUT
+        with deadline_watch(wait + 1.0) as watch:  # a frame trickled in stays bounded
+            watch.add(self.ws.sock)
+            try:
+                frame = self.ws.recv()
+            except websocket.WebSocketTimeoutException:
+                return TIMEOUT
+            except (websocket.WebSocketException, OSError) as exc:
+                self._lost("a frame took past its deadline" if watch.fired else (str(exc) or type(exc).__name__))
+                return TIMEOUT
+            if watch.fired:
+                self._lost("a frame took past its deadline")
+                return TIMEOUT
         if isinstance(frame, bytes):
             return None  # binary frames are previews
         if frame == "":

@@ -38,7 +38,6 @@ from resources.image.comfy_http import (
     EventStream,
     Transport,
     TransportError,
-    Watchdog,
     describe_prompt_rejection,
 )
 
@@ -227,7 +226,7 @@ class ComfyUIBackend(ImageBackend):
         """Best effort: take abandoned prompts off the queue, then interrupt the one running, if ours."""
         if not prompt_ids:
             return
-        http = Transport(self.base_url, min(self.request_timeout_s, 5.0), time.monotonic() + 15.0, http.watchdog)
+        http = Transport(self.base_url, min(self.request_timeout_s, 5.0), time.monotonic() + 15.0)
         try:
             http.request("POST", "/queue", json_body={"delete": list(prompt_ids)})
             queue = http.request("GET", "/queue").json()
@@ -409,8 +408,7 @@ class ComfyUIBackend(ImageBackend):
     def generate(self, requests_: Sequence[GenerationRequest], log: Any = None) -> Iterator[GenerationResult]:
         log = log or logger
         client_id = uuid.uuid4().hex
-        watchdog = Watchdog()
-        http = Transport(self.base_url, self.request_timeout_s, time.monotonic() + self.step_timeout_s, watchdog)
+        http = Transport(self.base_url, self.request_timeout_s, time.monotonic() + self.step_timeout_s)
         pending: dict[str, _Pending] = {}
         stream = None
         dead_since = 0.0
@@ -448,7 +446,6 @@ class ComfyUIBackend(ImageBackend):
                 stream.close()
             self._cancel(http, list(pending))  # the consumer stopped early: free the GPU
             http.close()
-            watchdog.close()
 
 
 def _node_order(node_id: str) -> tuple[int, str]:
