@@ -1,6 +1,6 @@
 """ComfyUIBackend's images/s against the raw ComfyUI queue, on the same weight-free graphs.
 
-    .venv/bin/python bench/comfy_throughput.py [--images 24] [--size 512] [--url URL]
+    .venv/bin/python bench/comfy_throughput.py [--images 48] [--size 512] [--url URL]
 
 Without ``--url`` it starts the real ComfyUI (``../shared/comfyui/start-server``, port 8218,
 its own input/output folders under a temporary directory) and stops it after. Both sides run
@@ -8,12 +8,13 @@ the same filled graphs (EmptyImage → ImageScale → SaveImage, one per image, 
 so ComfyUI's cache serves none): "raw" POSTs every prompt to /prompt at once, waits on /ws
 until the queue is empty and downloads each image from /view; "backend" is
 ``ComfyUIBackend.generate`` (preflight, bounded in-flight queue, websocket, downloads). The
-last line is the ratio backend/raw.
+last line is the ratio backend/raw of the medians of three alternating passes.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import json
 import sys
 import tempfile
@@ -33,6 +34,7 @@ from resources.image import ComfyUIBackend  # noqa: E402
 from tests.comfy_real import SCALED, RealComfyUI, prepare, write_workflow  # noqa: E402
 
 PORT = 8218
+PASSES = 3
 
 
 def plan(images: int, size: int, night: str) -> list[gen.GenerationRequest]:
@@ -77,7 +79,7 @@ def through_backend(backend: ComfyUIBackend, requests_: list[gen.GenerationReque
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--url", help="a running ComfyUI; default: start the real one on port 8218")
     args = parser.parse_args()
@@ -95,11 +97,13 @@ def main() -> None:
             backend = ComfyUIBackend(base_url=url, workflows_dir=str(root / "wf"), poll_interval_s=0.1)
             warm = plan(2, args.size, "2026-01-01")
             through_backend(backend, warm)  # first-call costs (node imports) land on neither side
-            raw_graphs = [backend.workflow(r) for r in plan(args.images, args.size, "2026-01-02")]
-            raw = raw_queue(url, raw_graphs)
-            ours = through_backend(backend, plan(args.images, args.size, "2026-01-03"))
-            print(f"raw ComfyUI queue: {raw:.2f} images/s ({args.images} images, {args.size}x{args.size})")
-            print(f"ComfyUIBackend:    {ours:.2f} images/s ({args.images} images, {args.size}x{args.size})")
+            raws, ourss = [], []
+            for n in range(PASSES):  # alternating, fresh prompts each pass (nothing served from cache)
+                raws.append(raw_queue(url, [backend.workflow(r) for r in plan(args.images, args.size, f"2026-02-{n + 1:02d}")]))
+                ourss.append(through_backend(backend, plan(args.images, args.size, f"2026-03-{n + 1:02d}")))
+            raw, ours = statistics.median(raws), statistics.median(ourss)
+            print(f"raw ComfyUI queue: {raw:.2f} images/s ({args.images} images, {args.size}x{args.size}; passes {', '.join(f'{r:.1f}' for r in raws)})")
+            print(f"ComfyUIBackend:    {ours:.2f} images/s ({args.images} images, {args.size}x{args.size}; passes {', '.join(f'{r:.1f}' for r in ourss)})")
             print(f"backend/raw images/s ratio: {ours / raw:.2f}")
         finally:
             if server is not None:
