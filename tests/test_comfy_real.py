@@ -233,3 +233,19 @@ def test_queen_with_a_face_workflow_renders_her_best_identity_portrait(real_comf
     for entry in portraits:  # only the face slot's image was uploaded
         name = upload_name((layout.normalized_references(NOVA.slug) / entry["normalized"]).read_bytes())
         assert (real_comfy.input_dir / name).is_file() == (entry is best)
+
+
+def test_the_fake_server_answers_an_unknown_node_and_object_info_as_the_real_one(real_comfy, tmp_path):
+    import requests
+
+    from tests.comfy_server import FakeComfyUI
+
+    graph = {"1": {"class_type": "InstantIDModelLoader", "inputs": {}}, "2": EMPTY_BATCH["2"]}
+    with FakeComfyUI(tmp_path / "fake") as fake:
+        answers = [requests.post(f"{url}/prompt", json={"prompt": graph}, timeout=10) for url in (real_comfy.url, fake.url)]
+        assert [a.status_code for a in answers] == [400, 400]
+        assert answers[0].json() == answers[1].json()  # invalid_prompt, same message, same details
+        real, mine = (requests.get(f"{url}/object_info", timeout=30).json() for url in (real_comfy.url, fake.url))
+        for cls in mine:  # the fake's catalogue is a subset in the real shape
+            assert mine[cls]["output"] == real[cls]["output"] and mine[cls]["output_node"] == real[cls]["output_node"]
+            assert set(mine[cls]["input"]["required"]) <= set(real[cls]["input"]["required"])
