@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from dagster_k8s import k8s_job_executor
 
+from hydra_assets.chapters import CHAPTER_ASSETS
 from hydra_assets.generation import generated_images
 from hydra_assets.lora import queen_lora
 from hydra_assets.quality import QUALITY_ASSETS
@@ -19,6 +21,7 @@ from hydra_assets.voice import voice_lines
 from jobs import ALL_JOBS
 from resources.alerts import WebhookNotifier
 from resources.catalog import CatalogResource
+from resources.chapters import ChapterScripts
 from resources.face import DlibFaceBackend, InsightFaceBackend
 from resources.image_generation import ComfyUIBackend, DemoRenderer
 from resources.lora_training import LoraTrainer
@@ -28,11 +31,13 @@ from resources.storage import HydraStorage
 from resources.voice import EspeakBackend, GptSovitsBackend
 from sensors import (
     build_lora_ready_sensor,
+    build_chapters_sensor,
     build_low_approval_sensor,
     build_overnight_schedule,
     build_report_after_overnight_sensor,
     build_roster_sensor,
     build_run_failure_sensor,
+    chapter_index,
     roster_index,
 )
 
@@ -45,7 +50,14 @@ ASSETS = [
     generated_images,
     *QUALITY_ASSETS,
     voice_lines,
+    chapter_index,
+    *CHAPTER_ASSETS,
 ]
+
+
+def chapters_dir(settings: Settings) -> str:
+    """HYDRA_CHAPTERS_DIR once settings carry it (the infra branch); ./chapters until then."""
+    return getattr(settings, "chapters_dir", None) or str(Path("chapters").resolve())
 
 
 def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
@@ -62,6 +74,7 @@ def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
         "aesthetic": ImageStatsAestheticProxy(),
         "technical": ClassicalTechnical(),
         "voice": EspeakBackend(),
+        "chapter_scripts": ChapterScripts(chapters_dir=chapters_dir(settings)),
     }
 
 
@@ -87,6 +100,7 @@ def cluster_resources() -> dict[str, Any]:
         ),
         "technical": Musiq(model_path=dg.EnvVar("HYDRA_MUSIQ_WEIGHTS")),
         "voice": GptSovitsBackend(url=dg.EnvVar("HYDRA_GPT_SOVITS_URL")),
+        "chapter_scripts": ChapterScripts(chapters_dir=dg.EnvVar("HYDRA_CHAPTERS_DIR")),
     }
 
 
@@ -110,6 +124,7 @@ def build_definitions(resources: Mapping[str, Any], *, env: str = "local") -> dg
             build_report_after_overnight_sensor(sensor_status),
             build_low_approval_sensor(sensor_status),
             build_run_failure_sensor(sensor_status),
+            build_chapters_sensor(sensor_status),
         ],
         resources=dict(resources),
         executor=EXECUTOR_BY_ENV[env],

@@ -1,0 +1,167 @@
+"""The one place the chapter assets reach into the shared backends and the nightly stages.
+
+Every import of the voice, image, scoring, face and quality modules (and of voice_lines'
+line key) lives here, so when those modules move (resources/voice/, resources/image/, the
+quality package) only this file changes. What the chapter assets need from them is spelled
+out as small functions with the chapter's own names.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hydra_assets.domain import audio
+from hydra_assets.domain import generation as gen
+from hydra_assets.domain.quality import Thresholds, composite_score, first_failed_gate
+from hydra_assets.domain.storage import StorageLayout, read_json, sha256_file
+from hydra_assets.voice import VoiceLinesConfig, postprocess_settings, settings_hash
+from resources.face import FaceBackend
+from resources.image_generation import GenerationResult, ImageBackend
+from resources.scoring import AestheticScorer, TechnicalScorer
+from resources.voice import VoiceBackend, VoiceError, VoicePlan
+
+__all__ = [
+    "AestheticScorer", "FaceBackend", "GenerationResult", "ImageBackend", "TechnicalScorer", "Thresholds",
+    "VoiceBackend", "VoiceError", "VoiceLinesConfig", "VoicePlan", "finish_line", "line_key", "score_candidates",
+    "shared_voice_lines", "vary_line", "current_lora", "IDENTITY_FILE",
+]
+
+IDENTITY_FILE = "identity.npz"
+"""reference_identity's mean face vector, as image_scores reads it."""
+
+
+def post_settings(config: VoiceLinesConfig) -> dict[str, Any]:
+    return postprocess_settings(config)
+
+
+def line_key(plan: VoicePlan, params: Mapping[str, Any], post: Mapping[str, Any]) -> str:
+    """voice_lines' key of a line (backend + queen setup + request + post-processing), so a
+    chapter line equal to a queen's dialogue line shares its audio."""
+    return settings_hash(plan.backend, plan.setup, dict(params), dict(post))
+
+
+def finish_line(raw: audio.Audio, config: VoiceLinesConfig) -> audio.FinishedAudio:
+    """Trim and normalise exactly as voice_lines does (the voice branch replaces this with loudness)."""
+    return audio.finish(
+        raw,
+        trim_threshold_db=config.trim_threshold_db,
+        trim_padding_seconds=config.trim_padding_ms / 1000,
+        target_peak_dbfs=config.peak_dbfs,
+    )
+
+
+def shared_voice_lines(layout: StorageLayout, slug: str) -> dict[str, Path]:
+    """voice_lines' files of one queen by line key, where the file still has its recorded sha256."""
+    try:
+        manifest = read_json(layout.voice_manifest(slug)) or {}
+    except ValueError:
+        return {}
+    found = {}
+    for entry in (manifest.get("lines") or {}).values():
+        path = layout.voice_dir(slug) / str(entry.get("file", ""))
+        key = entry.get("settings_hash")
+        if key and path.is_file() and audio.stored_wav_problem(path) is None and sha256_file(path) == entry.get("sha256"):
+            found[key] = path
+    return found
+
+
+def vary_line(text: str, instruction: str | None) -> tuple[str, str]:
+    """The text to speak for a line with ``~ ask:`` and where it came from.
+
+    No LLM endpoint is wired on this branch, so the writer's text is kept (the issue's rule when
+    the endpoint is absent); the llm branch's ``vary(...)`` plugs in here.
+    """
+    if not instruction:
+        return text, "writer"
+    return text, "writer (no LLM endpoint configured; ask not applied)"
+
+
+def current_lora(layout: StorageLayout, slug: str, strength: float) -> gen.LoraSpec | None:
+    """The LoRA queen_lora last published for the queen (what the nightly images use)."""
+    path = layout.lora_info_path(slug)
+    info = read_json(path)
+    return None if info is None else gen.lora_spec_from_info(info, layout.lora_path(slug).parent, strength, path)
+
+
+def load_identity(layout: StorageLayout, slug: str) -> np.ndarray | None:
+    path = layout.identity_dir(slug) / IDENTITY_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as archive:
+        return np.asarray(archive["mean"], dtype=np.float32) if "mean" in archive else None
+
+
+@dataclass(frozen=True)
+class CandidateScore:
+    aesthetic: float
+    technical: float
+    face_match: float | None
+    composite: float
+    reason: str | None
+    """The gate's first failed reason, None when the image passes."""
+    backends: dict[str, str]
+
+
+def _num(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 4)
+
+
+def score_candidates(
+    images: Sequence[np.ndarray],
+    identity: np.ndarray | None,
+    thresholds: Thresholds,
+    aesthetic: AestheticScorer,
+    technical: TechnicalScorer,
+    face: FaceBackend,
+) -> list[CandidateScore]:
+    """The nightly gate over scene candidates: aesthetic, technical, face match against the
+    scene's lead queen. A scene without a queen (``identity`` None) is not judged on a face."""
+    if not images:
+        return []
+    aesthetic_scores, _ = aesthetic.score_and_embed(images)
+    technical_scores = technical.score(images)
+    if identity is not None:
+        faces = face.embed_largest_faces([_face_copy(i) for i in images])
+        face_scores = [None if f is None else float(face.similarity(f.embedding, identity)) for f in faces]
+    else:
+        face_scores = [None] * len(images)
+    backends = {"aesthetic": aesthetic.backend_name(), "technical": technical.backend_name(), "face": face.backend_name()}
+    results = []
+    for a, t, f in zip(aesthetic_scores, technical_scores, face_scores):
+        if identity is None:
+            # No queen in the scene: the face gate does not apply; the other two do, in the gate's order.
+            reason = first_failed_gate(float(a), float(t), thresholds.face_match, thresholds)
+            composite = float(composite_score([a], [t], [np.nan])[0])
+        else:
+            reason = first_failed_gate(float(a), float(t), f, thresholds)
+            composite = float(composite_score([a], [t], [np.nan if f is None else f])[0])
+        results.append(CandidateScore(_num(a), _num(t), _num(f) if f is not None else None, round(composite, 4), reason, backends))
+    return results
+
+
+FACE_ANALYSIS_MAX_SIDE = 768
+
+
+def _face_copy(image: np.ndarray) -> np.ndarray:
+    """Faces are looked for on a copy at most 768 px long, as image_scores does."""
+    from PIL import Image
+
+    height, width = image.shape[:2]
+    if max(height, width) <= FACE_ANALYSIS_MAX_SIDE:
+        return image
+    scale = FACE_ANALYSIS_MAX_SIDE / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
+
+
+def generate_images(plan, folder: Path, header: dict[str, Any], backend: ImageBackend, log: Any = None):
+    """The nightly generation loop (reuse valid files, adopt crash leftovers, manifest after each image)."""
+    from hydra_assets.generation import generate_partition
+
+    return generate_partition(plan, folder, header, backend, log=log)
