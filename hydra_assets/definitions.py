@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -11,6 +10,7 @@ import dagster as dg
 from dagster_k8s import k8s_job_executor
 
 from hydra_assets.chapters import CHAPTER_ASSETS
+from hydra_assets.domain.chapters import chapters_folder
 from hydra_assets.generation import generated_images
 from hydra_assets.lora import queen_lora
 from hydra_assets.quality import QUALITY_ASSETS
@@ -55,11 +55,6 @@ ASSETS = [
 ]
 
 
-def chapters_dir(settings: Settings) -> str:
-    """HYDRA_CHAPTERS_DIR once settings carry it (the infra branch); ./chapters until then."""
-    return getattr(settings, "chapters_dir", None) or str(Path("chapters").resolve())
-
-
 def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
     """Embedded default: files under ./var, SQLite catalog, dlib faces; no GPU, server or network."""
     return {
@@ -74,7 +69,7 @@ def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
         "aesthetic": ImageStatsAestheticProxy(),
         "technical": ClassicalTechnical(),
         "voice": EspeakBackend(),
-        "chapter_scripts": ChapterScripts(chapters_dir=chapters_dir(settings)),
+        "chapter_scripts": ChapterScripts(chapters_dir=chapters_folder(settings)),
     }
 
 

@@ -19,9 +19,11 @@ from hydra_assets.domain.demo_chapter import DEMO_CHAPTER, DEMO_SCRIPT, write_de
 from hydra_assets.domain.demo_data import DEMO_QUEENS, write_demo_data
 from hydra_assets.domain.demo_dialogue import write_demo_dialogue
 from hydra_assets.domain.storage import sha256_file
+from resources.alerts import WebhookNotifier
 from resources.chapters import ChapterScripts
 from resources.voice import EspeakBackend, VoiceBackend, VoiceLineError
 from tests.helpers import hydra_definitions, temp_settings
+from tests.test_alert_sensors import WebhookServer
 
 pytestmark = pytest.mark.slow
 SLUGS = [q.slug for q in DEMO_QUEENS]
@@ -63,11 +65,13 @@ class Studio:
         path.write_text(text)
         return path
 
-    def build(self, chapter: str, *, voice: VoiceBackend | None = None, raise_on_error: bool = True):
+    def build(self, chapter: str, *, voice: VoiceBackend | None = None, webhook_url: str | None = None,
+              raise_on_error: bool = True):
         if chapter not in self.instance.get_dynamic_partitions("chapters"):
             self.instance.add_dynamic_partitions("chapters", [chapter])
         assets = [a for a in self.defs.assets if isinstance(a, dg.AssetsDefinition) and a.key.path[-1] in CHAPTER_ASSETS]
-        resources = {**self.resources, **({"voice": voice} if voice else {})}
+        resources = {**self.resources, **({"voice": voice} if voice else {}),
+                     **({"webhook": WebhookNotifier(url=webhook_url)} if webhook_url else {})}
         return dg.materialize(assets, partition_key=chapter, resources=resources, instance=self.instance,
                               raise_on_error=raise_on_error)
 
@@ -92,8 +96,12 @@ def studio(tmp_path_factory):
 def test_demo_chapter_bundle_is_complete_and_metadata_matches_the_files(studio):
     write_demo_chapter(studio.chapters)
     started = time.perf_counter()
-    result = studio.build(DEMO_CHAPTER)
+    with WebhookServer() as webhook:
+        result = studio.build(DEMO_CHAPTER, webhook_url=webhook.url)
     print(f"demo chapter built in {time.perf_counter() - started:.2f}s")
+    [body] = webhook.bodies
+    assert body["text"].startswith("*Chapter 1 assets ready*") and "10 lines" in body["text"]
+    assert body["hydra"]["event"] == "chapter_ready" and body["hydra"]["lines"] == 10
     folder = studio.bundle(DEMO_CHAPTER)
     meta = studio.metadata(DEMO_CHAPTER)
     assert (folder / "script.md").read_text() == DEMO_SCRIPT
@@ -115,6 +123,7 @@ def test_demo_chapter_bundle_is_complete_and_metadata_matches_the_files(studio):
             assert scene["image"]["file"] == f"images/scene_{scene['number']:02d}_{scene['id']}.png"
             assert scene["image"]["sha256"] == meta["files"][scene["image"]["file"]]["sha256"]
     assert meta["totals"]["images"] + len(meta["missing"]) == 2
+    assert body["hydra"]["missing"] == meta["missing"] and body["hydra"]["images"] == meta["totals"]["images"]
     dialogue = asset_metadata(result, "chapter_dialogue")
     # Nova's "Good morning..." line is the same text and voice as her voice_lines greeting.
     assert dialogue["shared_with_voice_lines"] == 1 and dialogue["new"] == 9
