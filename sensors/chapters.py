@@ -33,11 +33,12 @@ chapter_index = dg.AssetSpec(
 )
 
 
-def _load_cursor(raw: str | None) -> dict:
-    if not raw:
-        return {}
-    cursor = json.loads(raw)
-    return cursor.get("chapters", {}) if cursor.get("v") == CURSOR_VERSION else {}
+def _load_cursor(raw: str | None) -> tuple[dict, set[str]]:
+    """Per-chapter state, and the file names already reported as not being slugs."""
+    cursor = json.loads(raw) if raw else {}
+    if cursor.get("v") != CURSOR_VERSION:
+        return {}, set()
+    return cursor.get("chapters", {}), set(cursor.get("bad_names", []))
 
 
 def build_chapters_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
@@ -49,7 +50,8 @@ def build_chapters_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDe
         description="Adds a chapters partition per script and builds the chapter's bundle when its script changes.",
     )
     def chapters_sensor(context: dg.SensorEvaluationContext, chapter_scripts: ChapterScripts) -> dg.SensorResult:
-        previous = _load_cursor(context.cursor)
+        previous, reported_names = _load_cursor(context.cursor)
+        bad_names: list[str] = []
         current: dict[str, dict] = {}
         run_requests: list[dg.RunRequest] = []
         invalid: list[dict[str, str]] = []
@@ -60,18 +62,23 @@ def build_chapters_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDe
         for path in script_files(Path(chapter_scripts.chapters_dir)):
             slug = chapter_slug(path)
             if not is_valid_slug(slug):
-                invalid.append({"file": str(path), "error": f"file name {slug!r} is not a valid slug"})
+                bad_names.append(path.name)
+                if path.name not in reported_names:
+                    invalid.append({"file": str(path), "error": f"file name {slug!r} is not a valid slug"})
                 continue
             before = previous.get(slug, {})
             stats, _ = fingerprint_files({path.name: path}, before.get("stats"))
             digest = content_digest(stats)
             entry = {"stats": stats, "digest": digest, "requested": before.get("requested"), "gen": before.get("gen", 0)}
             current[slug] = entry
-            if digest == entry["requested"]:
+            if digest == entry["requested"] or digest == before.get("unusable"):
+                if digest == before.get("unusable"):
+                    entry["unusable"] = digest  # reported when first seen; again only once it changes
                 continue
             try:
                 chapter = parse_chapter(path).chapter
             except ChapterFileError as error:
+                entry["unusable"] = digest
                 invalid.append({"file": str(path), "error": str(error)})
                 context.log.warning(f"chapter script not usable, no run requested: {error}")
                 continue
@@ -109,7 +116,7 @@ def build_chapters_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDe
             run_requests=run_requests,
             dynamic_partitions_requests=[chapters_partitions.build_add_request(new_partitions)] if new_partitions else [],
             asset_events=asset_events,
-            cursor=json.dumps({"v": CURSOR_VERSION, "chapters": current}, separators=(",", ":")),
+            cursor=json.dumps({"v": CURSOR_VERSION, "chapters": current, "bad_names": bad_names}, separators=(",", ":")),
         )
 
     return chapters_sensor

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -13,10 +12,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from hydra_assets.chapters.bundle import METADATA_FILE
+from hydra_assets.chapters.bundle import METADATA_FILE, RETIRING, repair_interrupted_swap, swap_in
 from hydra_assets.definitions import local_resources
 from hydra_assets.domain.demo_chapter import DEMO_CHAPTER, DEMO_SCRIPT, write_demo_chapter
 from hydra_assets.domain.demo_data import DEMO_QUEENS, write_demo_data
+from hydra_assets.domain.dialogue import DialogueLine
 from hydra_assets.domain.demo_dialogue import write_demo_dialogue
 from hydra_assets.domain.storage import sha256_file
 from resources.alerts import WebhookNotifier
@@ -25,7 +25,6 @@ from resources.voice import EspeakBackend, VoiceBackend, VoiceLineError
 from tests.helpers import hydra_definitions, temp_settings
 from tests.test_alert_sensors import WebhookServer
 
-pytestmark = pytest.mark.slow
 SLUGS = [q.slug for q in DEMO_QUEENS]
 QUEEN_JOBS = ("queen_reference_job", "queen_voice_job")
 CHAPTER_ASSETS = ("chapter_script", "chapter_dialogue", "scene_images", "chapter_bundle")
@@ -93,6 +92,7 @@ def studio(tmp_path_factory):
         yield Studio(tmp_path_factory.mktemp("studio"), instance)
 
 
+@pytest.mark.slow
 def test_demo_chapter_bundle_is_complete_and_metadata_matches_the_files(studio):
     write_demo_chapter(studio.chapters)
     started = time.perf_counter()
@@ -130,8 +130,22 @@ def test_demo_chapter_bundle_is_complete_and_metadata_matches_the_files(studio):
     # Scene candidates are kept beside the chosen one.
     selection = json.loads((studio.root / "storage/assets/chapters" / DEMO_CHAPTER / "images/selection.json").read_text())
     assert all(len(ids) == 3 for ids in selection["candidates"].values())
+    for scene in meta["scenes"]:
+        scores = {i: selection["scores"][i] for i in selection["candidates"][scene["id"]]}
+        passing = {i: v["composite"] for i, v in scores.items() if v["passed"]}
+        chosen = scene["image"]["image_id"] if scene["image"] else None
+        assert chosen == (max(passing, key=passing.get) if passing else None)
+        assert all((v["reason"] is None) == v["passed"] for v in scores.values())
+    # The line's emotion reaches the backend: eSpeak's request is the one it plans for that emotion.
+    manifest = json.loads((studio.root / "storage/assets/chapters" / DEMO_CHAPTER / "dialogue/manifest.json").read_text())
+    calm = manifest["lines"]["arrival-04"]
+    voice = EspeakBackend()
+    line = DialogueLine(id="arrival-04", text=calm["params"]["text"], level=1, emotion="calm")
+    assert calm["params"] == voice.line_params(calm["voice"], line, "en")
+    assert calm["params"] != voice.line_params(calm["voice"], line.model_copy(update={"emotion": "neutral"}), "en")
 
 
+@pytest.mark.slow
 def test_editing_one_line_revoices_only_that_line(studio):
     studio.write("edit-one", DEMO_SCRIPT)
     studio.build("edit-one")
@@ -151,6 +165,7 @@ def test_editing_one_line_revoices_only_that_line(studio):
     assert (studio.bundle("edit-one") / "script.md").read_text() == edited
 
 
+@pytest.mark.slow
 def test_removed_scene_leaves_the_new_bundle(studio):
     studio.write("two-scenes", DEMO_SCRIPT)
     studio.build("two-scenes")
@@ -166,6 +181,7 @@ def test_removed_scene_leaves_the_new_bundle(studio):
     assert not list(folder.parent.glob(".*two-scenes*"))  # no staging or retired folder left behind
 
 
+@pytest.mark.slow
 def test_failed_line_leaves_the_previous_bundle_in_place(studio):
     studio.write("fails", DEMO_SCRIPT)
     studio.build("fails")
@@ -185,3 +201,19 @@ def test_failed_line_leaves_the_previous_bundle_in_place(studio):
         chapter_bundle(dg.build_asset_context(partition_key="fails", instance=studio.instance),
                        storage=studio.resources["storage"], webhook=studio.resources["webhook"])
     assert {p.relative_to(folder): sha256_file(p) for p in folder.rglob("*") if p.is_file()} == before
+
+
+def test_swap_replaces_the_whole_folder_and_an_interrupted_swap_is_repaired(tmp_path):
+    live, staged = tmp_path / "chapter-01", tmp_path / ".building-chapter-01-x"
+    (live / "audio").mkdir(parents=True)
+    (live / "audio" / "dialogue_009.wav").write_bytes(b"old")
+    staged.mkdir()
+    (staged / "metadata.json").write_text("{}")
+    swap_in(staged, live)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chapter-01"]
+    assert [p.name for p in live.iterdir()] == ["metadata.json"]
+    # A crash between the two renames: no live folder, the old one under its retiring name.
+    os.rename(live, tmp_path / f"{RETIRING}chapter-01-abcd1234")
+    (tmp_path / ".building-chapter-01-half").mkdir()
+    repair_interrupted_swap(live)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chapter-01"] and (live / "metadata.json").is_file()

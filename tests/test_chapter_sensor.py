@@ -91,9 +91,11 @@ def test_unusable_scripts_are_reported_not_run(workspace):
     assert "not a valid slug" in invalid["Bad Name.md"]
     assert "broken.md:2: front matter is not valid YAML" in invalid["broken.md"]
     assert [r.partition_key for r in result.run_requests] == ["chapter-01"]
+    quiet = tick(sensor, instance, scripts, result.cursor)  # reported once, not on every tick
+    assert quiet.asset_events == [] and quiet.run_requests == []
     # The broken script still gets its partition (it is a chapter file), and its run once it is fixed.
     (folder / "broken.md").write_text(DEMO_SCRIPT)
-    fixed = tick(sensor, instance, scripts, result.cursor)
+    fixed = tick(sensor, instance, scripts, quiet.cursor)
     assert [r.partition_key for r in fixed.run_requests] == ["broken"]
 
 

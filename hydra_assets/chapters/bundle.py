@@ -193,7 +193,7 @@ def chapter_bundle(context: dg.AssetExecutionContext, storage: HydraStorage, web
     totals = document["totals"]
     loudness = [line["loudness_lufs"] for line in document["lines"] if line["loudness_lufs"] is not None]
     rows = [{"scene": s["id"], "image": (s["image"] or {}).get("file", "MISSING"), "lines": len(s["lines"])} for s in document["scenes"]]
-    version = hashlib.sha256(json.dumps(sorted((k, v["sha256"]) for k, v in document["files"].items() if k != "script.md")).encode()).hexdigest()[:16]
+    version = hashlib.sha256(json.dumps(sorted((k, v["sha256"]) for k, v in document["files"].items())).encode()).hexdigest()[:16]
     return dg.MaterializeResult(
         metadata={
             **totals,
