@@ -203,6 +203,22 @@ def test_failed_line_leaves_the_previous_bundle_in_place(studio):
     assert {p.relative_to(folder): sha256_file(p) for p in folder.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.slow
+def test_a_scene_without_a_passing_image_is_reported_missing(studio):
+    extra = "\n## quay: The empty quay\nSetting: An empty quay at night.\nQueens: none\n\n**narrator**: Nobody was there.\n"
+    with WebhookServer() as webhook:
+        studio.write("with-quay", DEMO_SCRIPT + extra)
+        result = studio.build("with-quay", webhook_url=webhook.url)
+    meta = studio.metadata("with-quay")
+    # The demo renderer derives from a queen's references: a scene without queens gets no image.
+    assert meta["scenes"][2]["image"] is None and "scene quay: no image passed the quality gate" in meta["missing"]
+    assert meta["lines"][-1]["text"] == "Nobody was there." and len(meta["lines"]) == 11
+    [check] = [c for c in result.get_asset_check_evaluations() if c.check_name == "every_scene_has_image"]
+    assert not check.passed
+    [body] = webhook.bodies
+    assert "missing: scene quay: no image passed the quality gate" in body["text"]
+
+
 def test_swap_replaces_the_whole_folder_and_an_interrupted_swap_is_repaired(tmp_path):
     live, staged = tmp_path / "chapter-01", tmp_path / ".building-chapter-01-x"
     (live / "audio").mkdir(parents=True)

@@ -20,6 +20,8 @@ from hydra_assets.domain import audio
 from hydra_assets.domain import generation as gen
 from hydra_assets.domain.quality import Thresholds, composite_score, first_failed_gate
 from hydra_assets.domain.storage import StorageLayout, read_json, sha256_file
+from hydra_assets.generation import generate_partition
+from hydra_assets.quality import score_batch
 from hydra_assets.voice import VoiceLinesConfig, postprocess_settings, settings_hash
 from resources.face import FaceBackend
 from resources.image_generation import GenerationResult, ImageBackend
@@ -120,48 +122,32 @@ def score_candidates(
     technical: TechnicalScorer,
     face: FaceBackend,
 ) -> list[CandidateScore]:
-    """The nightly gate over scene candidates: aesthetic, technical, face match against the
+    """image_scores' scoring (score_batch) and gate over scene candidates, face match against the
     scene's lead queen. A scene without a queen (``identity`` None) is not judged on a face."""
     if not images:
         return []
-    aesthetic_scores, _ = aesthetic.score_and_embed(images)
-    technical_scores = technical.score(images)
-    if identity is not None:
-        faces = face.embed_largest_faces([_face_copy(i) for i in images])
-        face_scores = [None if f is None else float(face.similarity(f.embedding, identity)) for f in faces]
-    else:
-        face_scores = [None] * len(images)
     backends = {"aesthetic": aesthetic.backend_name(), "technical": technical.backend_name(), "face": face.backend_name()}
+    if identity is not None:
+        batch = score_batch(images, aesthetic, technical, face, identity)
+        aesthetic_scores, technical_scores, face_scores = batch.aesthetic, batch.technical, batch.face_match
+    else:
+        aesthetic_scores, _ = aesthetic.score_and_embed(images)
+        technical_scores = technical.score(images)
+        face_scores = np.full(len(images), np.nan)
+    composites = composite_score(aesthetic_scores, technical_scores, face_scores)
     results = []
-    for a, t, f in zip(aesthetic_scores, technical_scores, face_scores):
+    for a, t, f, c in zip(aesthetic_scores, technical_scores, face_scores, composites):
+        face_match = float(f) if math.isfinite(f) else None
         if identity is None:
-            # No queen in the scene: the face gate does not apply; the other two do, in the gate's order.
+            # No queen in the scene: the face gate does not apply (the gate is asked with a face
+            # exactly at its threshold, which passes); aesthetic and technical are judged as usual.
             reason = first_failed_gate(float(a), float(t), thresholds.face_match, thresholds)
-            composite = float(composite_score([a], [t], [np.nan])[0])
         else:
-            reason = first_failed_gate(float(a), float(t), f, thresholds)
-            composite = float(composite_score([a], [t], [np.nan if f is None else f])[0])
-        results.append(CandidateScore(_num(a), _num(t), _num(f) if f is not None else None, round(composite, 4), reason, backends))
+            reason = first_failed_gate(float(a), float(t), face_match, thresholds)
+        results.append(CandidateScore(_num(a), _num(t), _num(face_match), round(float(c), 4), reason, backends))
     return results
-
-
-FACE_ANALYSIS_MAX_SIDE = 768
-
-
-def _face_copy(image: np.ndarray) -> np.ndarray:
-    """Faces are looked for on a copy at most 768 px long, as image_scores does."""
-    from PIL import Image
-
-    height, width = image.shape[:2]
-    if max(height, width) <= FACE_ANALYSIS_MAX_SIDE:
-        return image
-    scale = FACE_ANALYSIS_MAX_SIDE / max(height, width)
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
 
 
 def generate_images(plan, folder: Path, header: dict[str, Any], backend: ImageBackend, log: Any = None):
     """The nightly generation loop (reuse valid files, adopt crash leftovers, manifest after each image)."""
-    from hydra_assets.generation import generate_partition
-
     return generate_partition(plan, folder, header, backend, log=log)
