@@ -124,6 +124,11 @@ def test_demo_chapter_bundle_is_complete_and_metadata_matches_the_files(studio):
             assert scene["image"]["sha256"] == meta["files"][scene["image"]["file"]]["sha256"]
     assert meta["totals"]["images"] + len(meta["missing"]) == 2
     assert body["hydra"]["missing"] == meta["missing"] and body["hydra"]["images"] == meta["totals"]["images"]
+    lineage = asset_metadata(result, "chapter_script")["cast_lineage"]
+    for slug in SLUGS:
+        assert lineage[slug]["roster_sha256"] == sha256_file(studio.root / "roster" / f"{slug}.yaml")
+        assert lineage[slug]["profile_data_version"]  # the queen_profile materialization this chapter saw
+    assert meta["cast_lineage"] == lineage
     dialogue = asset_metadata(result, "chapter_dialogue")
     # Nova's "Good morning..." line is the same text and voice as her voice_lines greeting.
     assert dialogue["shared_with_voice_lines"] == 1 and dialogue["new"] == 9

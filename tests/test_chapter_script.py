@@ -120,7 +120,7 @@ def test_lazy_continuation_after_a_quote_is_dialogue_not_direction():
 def test_cast_is_checked_against_the_roster_when_given():
     parsed = parse(SCENE + "**ada-marlowe**: Hi.\n**nova-sterling**: Hello.", known_queens={"nova-sterling"})
     found = [str(e) for e in parsed.errors]
-    assert found[0] == "chapters/chapter-03.md:4: cast: 'ada-marlowe' is not in the roster"
+    assert found[0] == "chapters/chapter-03.md:4: cast: 'ada-marlowe' is not in the roster (no queen_profile for it)"
     assert any("queen 'ada-marlowe' is not in the cast" in m for m in found)
     assert [l.speaker for l in parsed.chapter.lines] == ["nova-sterling"]
 

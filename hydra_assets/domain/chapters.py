@@ -385,7 +385,7 @@ def parse_chapter(path: Path, text: str | None = None, *, known_queens: set[str]
     if known_queens is not None:
         for name in front.cast:
             if name not in known_queens:
-                errors.append(ChapterError(path, _key_line(front_text, "cast", first), f"cast: {name!r} is not in the roster"))
+                errors.append(ChapterError(path, _key_line(front_text, "cast", first), f"cast: {name!r} is not in the roster (no queen_profile for it)"))
         front = front.model_copy(update={"cast": [n for n in front.cast if n in known_queens]})
     builder = _Builder(path, front, known_queens, errors)
     source_lines = body.split("\n")
