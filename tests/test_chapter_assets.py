@@ -171,6 +171,16 @@ def test_editing_one_line_revoices_only_that_line(studio):
 
 
 @pytest.mark.slow
+def test_the_same_words_in_the_same_voice_are_synthesised_once(studio):
+    twice = DEMO_SCRIPT.replace("**player** (2): How long until we reach the first buoy?", "**player** (calm): It was. Thank you for waiting for me.")
+    studio.write("said-twice", twice)
+    dialogue = asset_metadata(studio.build("said-twice"), "chapter_dialogue")
+    meta = studio.metadata("said-twice")
+    assert "deck-03" not in dialogue["synthesized"] and "arrival-03" in dialogue["synthesized"]
+    assert meta["lines"][2]["sha256"] == meta["lines"][7]["sha256"]
+
+
+@pytest.mark.slow
 def test_removed_scene_leaves_the_new_bundle(studio):
     studio.write("two-scenes", DEMO_SCRIPT)
     studio.build("two-scenes")

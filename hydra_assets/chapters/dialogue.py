@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
-from pydantic import Field
 
 from hydra_assets.chapters import paths
 from hydra_assets.chapters.backends import (
@@ -49,9 +48,7 @@ KEY_FILE_CHARS = 24
 
 
 class ChapterDialogueConfig(VoiceLinesConfig):
-    """voice_lines' post-processing settings (so equal lines share audio) and failure budget."""
-
-    resynthesize: bool = Field(default=False, description="Ignore every stored line and synthesise all again.")
+    """voice_lines' settings: the same post-processing keeps equal lines' keys equal, so they share audio."""
 
 
 def _voice_of(speaker: str, layout, chapter_scripts: ChapterScripts):
@@ -133,10 +130,12 @@ def chapter_dialogue(
                               "backend": plan.backend, "voice": plan.setup, "params": params}
             status[line_id] = state
 
-        todo = set()
+        todo, repeats = set(), {}
         for line_plan in plan.lines:
             line_id, key = line_plan.line.id, keys[line_plan.line.id]
-            if not config.resynthesize and _stored(folder, store.get(key)):
+            if key in {keys[i] for i in todo}:
+                repeats[line_id] = key  # the same words in the same voice: made once, used twice
+            elif not config.resynthesize and _stored(folder, store.get(key)):
                 record(line_id, key, "reused", line_plan.params)
             elif not config.resynthesize and key in shared:
                 name = f"{key[:KEY_FILE_CHARS]}.wav"
@@ -168,6 +167,12 @@ def chapter_dialogue(
         except VoiceError as error:
             for line_id in todo - set(status):
                 failures.setdefault(line_id, f"{speaker}: {error}")
+        for line_id, key in repeats.items():
+            first = next(i for i in todo if keys[i] == key)
+            if first in status:
+                record(line_id, key, "reused", params_of[line_id])
+            else:
+                failures[line_id] = failures.get(first, "not voiced")
     save()
 
     order = [line["id"] for scene in chapter["scenes"] for line in scene["lines"]]
