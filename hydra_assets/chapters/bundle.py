@@ -120,7 +120,8 @@ def build_bundle(layout, chapter_slug: str, staged: Path) -> dict[str, Any]:
             info = sf.info(staged / name)
             voices[line["speaker"]] = {"backend": entry["backend"], "voice": entry["voice"]}
             lines.append({
-                **{k: line[k] for k in ("number", "id", "scene", "speaker", "text", "emotion", "level", "ask")},
+                **{k: line[k] for k in ("number", "id", "scene", "speaker", "emotion", "level", "ask")},
+                "text": entry.get("text", line["text"]), "script_text": line["text"],
                 "file": name, "sha256": entry["sha256"], "duration": round(info.frames / info.samplerate, 4),
                 "sample_rate": info.samplerate, "loudness_lufs": integrated_loudness(staged / name),
                 "text_source": entry.get("text_source"), "voice_key": entry["key"], "backend": entry["backend"],

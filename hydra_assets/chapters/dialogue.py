@@ -122,11 +122,11 @@ def chapter_dialogue(
             continue
         keys = {p.line.id: line_key(plan, p.params, post) for p in plan.lines}
         shared = shared_voice_lines(layout, speaker) if speaker not in VOICES else {}
-        meta = {line["id"]: (line, source) for line, _, source in items}
+        meta = {line["id"]: (spoken.text, source) for line, spoken, source in items}
 
         def record(line_id: str, key: str, state: str, params: dict) -> None:
-            line, source = meta[line_id]
-            lines[line_id] = {**store[key], "key": key, "speaker": speaker, "text_source": source,
+            text, source = meta[line_id]
+            lines[line_id] = {**store[key], "key": key, "speaker": speaker, "text": text, "text_source": source,
                               "backend": plan.backend, "voice": plan.setup, "params": params}
             status[line_id] = state
 
