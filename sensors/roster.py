@@ -14,13 +14,22 @@ from pathlib import Path
 import dagster as dg
 
 from hydra_assets.domain.dialogue import dialogue_path
-from hydra_assets.domain.fingerprints import content_digest, fingerprint_files, folder_files
+from hydra_assets.domain.fingerprints import (
+    FileStatsStore,
+    content_digest,
+    fingerprint_files,
+    fingerprint_scan,
+    scan_files,
+    scan_folder,
+    stat_digest,
+)
 from hydra_assets.domain.roster import RosterError, is_valid_slug, load_queen, roster_files, slug_for_file
 from hydra_assets.partitions import QUEENS, queens_partitions
 from jobs import queen_reference_job, queen_voice_job
 from resources.storage import HydraStorage
 
-CURSOR_VERSION = 1
+CURSOR_VERSION = 2
+"""2: per queen only digests (v1 kept every file's stats and grew with the reference folders)."""
 ROSTER_INDEX = dg.AssetKey("roster_index")
 QUEEN_PROFILE = dg.AssetKey("queen_profile")
 
@@ -36,7 +45,20 @@ def _load_cursor(raw: str | None) -> dict:
     if not raw:
         return {}
     cursor = json.loads(raw)
-    return cursor.get("queens", {}) if cursor.get("v") == CURSOR_VERSION else {}
+    queens = cursor.get("queens", {})
+    if cursor.get("v") == CURSOR_VERSION:
+        return queens
+    if cursor.get("v") == 1:
+        # v1 kept the per-file stats in the cursor: hand them over once, so upgrading neither
+        # re-hashes every reference nor re-runs every queen.
+        return {
+            slug: {
+                **{k: v for k, v in entry.items() if k not in ("roster", "refs")},
+                "v1_files": {**{f"roster/{k}": v for k, v in entry.get("roster", {}).items()}, **entry.get("refs", {})},
+            }
+            for slug, entry in queens.items()
+        }
+    return {}
 
 
 def _dialogue_change(
@@ -75,6 +97,7 @@ def build_roster_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDefi
     def roster_sensor(context: dg.SensorEvaluationContext, storage: HydraStorage) -> dg.SensorResult:
         previous = _load_cursor(context.cursor)
         reference_root = storage.layout.root / "reference_images"
+        file_stats = FileStatsStore(storage.layout.sensor_state("roster_sensor"))
         current: dict[str, dict] = {}
         run_requests: list[dg.RunRequest] = []
         invalid: list[dict[str, str]] = []
@@ -87,12 +110,17 @@ def build_roster_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDefi
                 invalid.append({"file": str(path), "error": f"file name {slug!r} is not a valid slug"})
                 continue
             before = previous.get(slug, {})
-            roster_stats, n_roster = fingerprint_files({path.name: path}, before.get("roster"))
-            ref_stats, n_refs = fingerprint_files(folder_files(reference_root / slug), before.get("refs"))
-            hashed += n_roster + n_refs
-            digest = content_digest({**{f"roster/{k}": v for k, v in roster_stats.items()}, **ref_stats})
+            scan = {**scan_files({f"roster/{path.name}": path}), **scan_folder(reference_root / slug)}
+            stats_digest = stat_digest(scan)
+            digest = before.get("digest")
+            if stats_digest != before.get("stat") or digest is None:
+                known_stats = before.get("v1_files") or file_stats.load(slug)
+                stats, n_hashed = fingerprint_scan(scan, known_stats)
+                file_stats.save(slug, stats)
+                hashed += n_hashed
+                digest = content_digest(stats)
             generation = before.get("gen", 0)
-            current[slug] = {"roster": roster_stats, "refs": ref_stats, "digest": digest, "gen": generation}
+            current[slug] = {"stat": stats_digest, "digest": digest, "gen": generation}
             voice_request, n_dialogue = _dialogue_change(slug, Path(storage.roster_dir), before, current[slug], profiled)
             hashed += n_dialogue
             if voice_request:

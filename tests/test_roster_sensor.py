@@ -138,3 +138,51 @@ def test_dialogue_change_requests_a_voice_run_once_the_profile_exists(workspace)
     assert voice_requests(edited) == ["nova-sterling"]
     assert [r.job_name for r in edited.run_requests] == ["queen_voice_job"]  # references untouched
     assert edited.run_requests[0].run_key != second.run_requests[0].run_key
+
+
+def test_cursor_size_does_not_grow_with_reference_files(workspace):
+    _, root, storage, sensor, instance = workspace
+    small = tick(sensor, instance, storage).cursor
+    folder = root / "reference_images" / "nova-sterling" / "portraits"
+    source = next(folder.iterdir()).read_bytes()
+    for index in range(300):
+        (folder / f"extra-{index:03d}.png").write_bytes(source + index.to_bytes(2, "big"))
+    large = tick(sensor, instance, storage, small).cursor
+    assert abs(len(large) - len(small)) < 16  # only digests and a generation counter
+    assert len(json.loads(large)["queens"]["nova-sterling"]) <= 6
+
+
+def test_lost_file_stats_cost_a_rehash_not_a_run(workspace, monkeypatch):
+    _, root, storage, sensor, instance = workspace
+    cursor = tick(sensor, instance, storage).cursor
+    state = storage.layout.sensor_state("roster_sensor")
+    (state / "ada-marlowe.json").write_text("{not json")
+    reference = root / "reference_images" / "ada-marlowe" / "portraits" / "front.png"
+    stat = reference.stat()
+    os.utime(reference, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
+    hashed: list[Path] = []
+    real_hash = fingerprints.sha256_file
+    monkeypatch.setattr(fingerprints, "sha256_file", lambda p: hashed.append(p) or real_hash(p))
+    result = tick(sensor, instance, storage, cursor)
+    assert result.run_requests == []
+    assert reference in hashed and len(hashed) > 1  # the whole queen re-hashed, nothing requested
+    assert json.loads((state / "ada-marlowe.json").read_text())["files"]
+
+
+def test_a_version_1_cursor_upgrades_without_hashing_or_runs(workspace, monkeypatch):
+    roster_dir, root, storage, sensor, instance = workspace
+    tick(sensor, instance, storage)
+    v1 = {"v": 1, "queens": {}}
+    for slug in ("ada-marlowe", "nova-sterling"):
+        roster = {f"{slug}.yaml": roster_dir / f"{slug}.yaml"}
+        refs = fingerprints.folder_files(root / "reference_images" / slug)
+        roster_stats, _ = fingerprints.fingerprint_files(roster, None)
+        ref_stats, _ = fingerprints.fingerprint_files(refs, None)
+        digest = fingerprints.content_digest({**{f"roster/{k}": v for k, v in roster_stats.items()}, **ref_stats})
+        v1["queens"][slug] = {"roster": roster_stats, "refs": ref_stats, "digest": digest, "gen": 1}
+    hashed: list[Path] = []
+    real_hash = fingerprints.sha256_file
+    monkeypatch.setattr(fingerprints, "sha256_file", lambda p: hashed.append(p) or real_hash(p))
+    result = tick(sensor, instance, storage, json.dumps(v1))
+    assert result.run_requests == [] and hashed == []
+    assert json.loads(result.cursor)["v"] == 2

@@ -1,17 +1,25 @@
-"""Content fingerprints of roster files and reference folders for the roster sensor's cursor.
+"""Content fingerprints of roster files and reference folders for the roster sensor.
 
-A file is hashed only when its size or mtime differ from what the cursor remembers, so a
-tick over an unchanged roster reads no file contents; a file whose stat changed but whose
-content did not (a plain ``touch``) keeps its hash and requests nothing.
+Two levels, so the sensor's cursor does not grow with the number of files:
+- a *stat digest* per queen (names, sizes, mtimes of every file): the cursor keeps only this
+  and the content digest, a few dozen bytes per queen; an unchanged folder is recognised from
+  one listing, with no file read and no per-file state loaded;
+- the per-file stats ``[size, mtime_ns, sha256 prefix]`` live in a state file per queen in the
+  storage (:class:`FileStatsStore`), read and rewritten only when that queen's stat digest changed.
+  A file is hashed only when its size or mtime differ from what that state remembers, so a file
+  whose stat changed but whose content did not (a plain ``touch``) keeps its hash and requests
+  nothing. A state file that is missing or unreadable only costs a re-hash of that queen's files.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
-from hydra_assets.domain.storage import sha256_file
+from hydra_assets.domain.storage import atomic_write_json, sha256_file
 
 HASH_PREFIX = 16
 """Hex characters of sha256 kept per file: enough to tell versions apart, small in the cursor."""
@@ -22,32 +30,100 @@ FileStats = dict[str, list]
 
 def fingerprint_files(paths: dict[str, Path], previous: FileStats | None) -> tuple[FileStats, int]:
     """Stat every file, hash only the changed ones; returns the new stats and how many were hashed."""
+    return fingerprint_scan(scan_files(paths), previous)
+
+
+Scan = dict[str, tuple[Path, int, int]]
+"""relpath → (path, size, mtime_ns) of the files that exist now."""
+
+
+def scan_files(paths: dict[str, Path]) -> Scan:
+    """Stat every file once; files that vanished in between are left out."""
+    scan: Scan = {}
+    for relpath, path in paths.items():
+        try:
+            stat = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        scan[relpath] = (path, stat.st_size, stat.st_mtime_ns)
+    return scan
+
+
+def stat_digest(scan: Scan) -> str:
+    """A digest of names, sizes and mtimes: equal digests mean nothing to look at."""
+    entries = sorted((relpath, size, mtime) for relpath, (_, size, mtime) in scan.items())
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:HASH_PREFIX]
+
+
+def fingerprint_scan(scan: Scan, previous: FileStats | None) -> tuple[FileStats, int]:
+    """Per-file stats of a scan, hashing only files whose size or mtime changed."""
     previous = previous or {}
     current: FileStats = {}
     hashed = 0
-    for relpath, path in sorted(paths.items()):
-        try:
-            stat = path.stat()
-        except FileNotFoundError:
-            continue
+    for relpath, (path, size, mtime) in sorted(scan.items()):
         before = previous.get(relpath)
-        if before and before[0] == stat.st_size and before[1] == stat.st_mtime_ns:
+        if before and before[0] == size and before[1] == mtime:
             current[relpath] = before
             continue
-        current[relpath] = [stat.st_size, stat.st_mtime_ns, sha256_file(path)[:HASH_PREFIX]]
+        try:
+            current[relpath] = [size, mtime, sha256_file(path)[:HASH_PREFIX]]
+        except FileNotFoundError:
+            continue
         hashed += 1
     return current, hashed
 
 
+@dataclass(frozen=True)
+class FileStatsStore:
+    """Per-file stats of each queen, kept in the storage instead of the sensor's cursor."""
+
+    folder: Path
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.json"
+
+    def load(self, key: str) -> FileStats:
+        try:
+            document = json.loads(self._path(key).read_text())
+        except (OSError, ValueError):
+            return {}
+        stats = document.get("files") if isinstance(document, dict) else None
+        if not isinstance(stats, dict):
+            return {}
+        return {k: v for k, v in stats.items() if isinstance(v, list) and len(v) == 3}
+
+    def save(self, key: str, stats: FileStats) -> None:
+        atomic_write_json(self._path(key), {"files": stats})
+
+
+def scan_folder(folder: Path) -> Scan:
+    """Every non-hidden file below ``folder`` with its stat, in one directory walk."""
+    scan: Scan = {}
+    pending = [(folder, "")]
+    while pending:
+        directory, prefix = pending.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            relpath = f"{prefix}{entry.name}"
+            if entry.is_dir(follow_symlinks=False):
+                pending.append((Path(entry.path), f"{relpath}/"))
+            elif entry.is_file():
+                try:
+                    stat = entry.stat()
+                except FileNotFoundError:
+                    continue
+                scan[relpath] = (Path(entry.path), stat.st_size, stat.st_mtime_ns)
+    return scan
+
+
 def folder_files(folder: Path) -> dict[str, Path]:
     """Every non-hidden file below ``folder`` by relative path."""
-    if not folder.is_dir():
-        return {}
-    return {
-        str(p.relative_to(folder)): p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    }
+    return {relpath: path for relpath, (path, _, _) in scan_folder(folder).items()}
 
 
 def content_digest(stats: FileStats) -> str:

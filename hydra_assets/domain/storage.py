@@ -128,6 +128,14 @@ class StorageLayout:
     def report_path(self, night: str) -> Path:
         return self.overnight(night) / "report.md"
 
+    def contact_sheets_dir(self, night: str) -> Path:
+        """``{slug}-{approved|rejected}-{type}.png`` for every queen of the night (approved_images)."""
+        return self.overnight(night) / "contact_sheets"
+
+    def rejection_reasons_path(self, night: str, slug: str) -> Path:
+        """Why each image in ``rejected/{slug}/`` was rejected (approved_images)."""
+        return self.overnight(night) / "rejected" / slug / "reasons.json"
+
     def approved_images(self, slug: str, asset_type_folder: str) -> Path:
         return self.root / "assets" / "images" / "queens" / slug / asset_type_folder
 
@@ -139,6 +147,10 @@ class StorageLayout:
 
     def overnight(self, night: str) -> Path:
         return self.root / "overnight" / night
+
+    def sensor_state(self, sensor: str) -> Path:
+        """State a sensor keeps per key (file stats), so its cursor stays small; a cache, safe to delete."""
+        return self.root / ".hydra" / "sensors" / sensor
 
     def quality_tests(self, night: str) -> Path:
         return self.root / "quality_tests" / night
