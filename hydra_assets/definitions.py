@@ -24,6 +24,7 @@ from resources.catalog import CatalogResource
 from resources.chapters import ChapterScripts
 from resources.face import DlibFaceBackend, InsightFaceBackend
 from resources.image_generation import ComfyUIBackend, DemoRenderer
+from resources.llm import WriterTextVariator
 from resources.lora_training import LoraTrainer
 from resources.metrics import MetricsPusher
 from resources.scoring import ClassicalTechnical, ImageStatsAestheticProxy, LaionAesthetic, Musiq
@@ -70,6 +71,7 @@ def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
         "technical": ClassicalTechnical(),
         "voice": EspeakBackend(),
         "chapter_scripts": ChapterScripts(chapters_dir=chapters_folder(settings)),
+        "dialogue_variator": WriterTextVariator(),
     }
 
 
@@ -96,6 +98,8 @@ def cluster_resources() -> dict[str, Any]:
         "technical": Musiq(model_path=dg.EnvVar("HYDRA_MUSIQ_WEIGHTS")),
         "voice": GptSovitsBackend(url=dg.EnvVar("HYDRA_GPT_SOVITS_URL")),
         "chapter_scripts": ChapterScripts(chapters_dir=dg.EnvVar("HYDRA_CHAPTERS_DIR")),
+        # No LLM endpoint setting yet: the writer's text; llm_resources(base_url=...) replaces it.
+        "dialogue_variator": WriterTextVariator(),
     }
 
 

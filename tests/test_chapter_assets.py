@@ -65,12 +65,13 @@ class Studio:
         return path
 
     def build(self, chapter: str, *, voice: VoiceBackend | None = None, webhook_url: str | None = None,
-              raise_on_error: bool = True):
+              variator=None, raise_on_error: bool = True):
         if chapter not in self.instance.get_dynamic_partitions("chapters"):
             self.instance.add_dynamic_partitions("chapters", [chapter])
         assets = [a for a in self.defs.assets if isinstance(a, dg.AssetsDefinition) and a.key.path[-1] in CHAPTER_ASSETS]
         resources = {**self.resources, **({"voice": voice} if voice else {}),
-                     **({"webhook": WebhookNotifier(url=webhook_url)} if webhook_url else {})}
+                     **({"webhook": WebhookNotifier(url=webhook_url)} if webhook_url else {}),
+                     **({"dialogue_variator": variator} if variator else {})}
         return dg.materialize(assets, partition_key=chapter, resources=resources, instance=self.instance,
                               raise_on_error=raise_on_error)
 
@@ -232,6 +233,32 @@ def test_a_scene_without_a_passing_image_is_reported_missing(studio):
     assert not check.passed
     [body] = webhook.bodies
     assert "missing: scene quay: no image passed the quality gate" in body["text"]
+
+
+@pytest.mark.slow
+def test_an_ask_line_is_voiced_from_the_llm_variation_and_cached(studio):
+    from resources.llm import OpenAIDialogueVariator
+    from tests.http_server import ScriptedServer
+    from tests.test_llm import ROUTE, chat_app
+
+    asked = DEMO_SCRIPT.replace("**player** (calm): It was. Thank you for waiting for me.\n",
+                                "**player** (calm): It was. Thank you for waiting for me.\n~ ask: make it warmer\n")
+    studio.write("asked", asked)
+    with ScriptedServer() as server:
+        server.script(ROUTE, chat_app(lambda body: "It really was. Thank you so much for waiting."))
+        variator = OpenAIDialogueVariator(base_url=server.url, timeout_s=2, backoff_base_s=0.05, backoff_cap_s=0.1)
+        first = studio.build("asked", variator=variator)
+        line = studio.metadata("asked")["lines"][2]
+        assert (line["text"], line["script_text"], line["text_source"]) == (
+            "It really was. Thank you so much for waiting.", "It was. Thank you for waiting for me.", "llm")
+        assert "arrival-03" in asset_metadata(first, "chapter_dialogue")["synthesized"]
+        again = studio.build("asked", variator=variator)
+        assert len(server.hits(ROUTE)) == 1  # the variation is cached by content key
+        assert asset_metadata(again, "chapter_dialogue")["synthesized"] == []
+    # Without an endpoint the writer's line is voiced.
+    studio.build("asked")
+    line = studio.metadata("asked")["lines"][2]
+    assert (line["text"], line["text_source"]) == ("It was. Thank you for waiting for me.", "writer")
 
 
 def test_swap_replaces_the_whole_folder_and_an_interrupted_swap_is_repaired(tmp_path):

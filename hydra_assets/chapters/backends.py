@@ -8,6 +8,7 @@ out as small functions with the chapter's own names.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from hydra_assets.domain import audio
 from hydra_assets.domain import generation as gen
@@ -23,13 +25,15 @@ from hydra_assets.domain.storage import StorageLayout, read_json, sha256_file
 from hydra_assets.generation import generate_partition
 from hydra_assets.quality import score_batch
 from hydra_assets.voice import VoiceLinesConfig, postprocess_settings, settings_hash
+from hydra_assets.domain.dialogue import DialogueLine
 from resources.face import FaceBackend
+from resources.llm import DialogueVariator, WriterTextVariator
 from resources.image_generation import GenerationResult, ImageBackend
 from resources.scoring import AestheticScorer, TechnicalScorer
 from resources.voice import VoiceBackend, VoiceError, VoicePlan
 
 __all__ = [
-    "AestheticScorer", "FaceBackend", "GenerationResult", "ImageBackend", "TechnicalScorer", "Thresholds",
+    "AestheticScorer", "DialogueVariator", "WriterTextVariator", "FaceBackend", "GenerationResult", "ImageBackend", "TechnicalScorer", "Thresholds",
     "VoiceBackend", "VoiceError", "VoiceLinesConfig", "VoicePlan", "finish_line", "line_key", "score_candidates",
     "shared_voice_lines", "vary_line", "current_lora", "IDENTITY_FILE",
 ]
@@ -73,15 +77,27 @@ def shared_voice_lines(layout: StorageLayout, slug: str) -> dict[str, Path]:
     return found
 
 
-def vary_line(text: str, instruction: str | None) -> tuple[str, str]:
-    """The text to speak for a line with ``~ ask:`` and where it came from.
+def vary_line(
+    variator: DialogueVariator, line: Mapping[str, Any], scene: Mapping[str, Any], cache_dir: Path, log: Any = None
+) -> tuple[str, str]:
+    """The text to speak for a chapter line and where it came from (``writer`` or ``llm``).
 
-    No LLM endpoint is wired on this branch, so the writer's text is kept (the issue's rule when
-    the endpoint is absent); the llm branch's ``vary(...)`` plugs in here.
+    A line with ``~ ask:`` goes to the dialogue variator (cached by content key; the writer's
+    text when no endpoint is configured or it fails); a variation the dialogue rules refuse
+    (too long, nothing to speak) is not used either.
     """
+    instruction = line.get("ask")
     if not instruction:
-        return text, "writer"
-    return text, "writer (no LLM endpoint configured; ask not applied)"
+        return line["text"], "writer"
+    seed = int(hashlib.sha256(f"{line['id']}".encode()).hexdigest()[:8], 16)
+    context = f"Scene {scene['number']}: {scene['setting']}"
+    variation = variator.vary(instruction, line["text"], line["speaker"], context, seed, log=log, cache_dir=str(cache_dir))
+    if variation.source != "llm":
+        return line["text"], "writer" + (f" ({variation.warning})" if variation.warning else "")
+    try:
+        return DialogueLine(id=line["id"], text=variation.text, level=line["level"], emotion=line["emotion"]).text, "llm"
+    except ValidationError as error:
+        return line["text"], f"writer (LLM variation refused: {error.errors()[0]['msg'].removeprefix('Value error, ')})"
 
 
 def current_lora(layout: StorageLayout, slug: str, strength: float) -> gen.LoraSpec | None:

@@ -21,6 +21,7 @@ import dagster as dg
 
 from hydra_assets.chapters import paths
 from hydra_assets.chapters.backends import (
+    DialogueVariator,
     VoiceBackend,
     VoiceError,
     VoiceLinesConfig,
@@ -82,6 +83,7 @@ def chapter_dialogue(
     storage: HydraStorage,
     chapter_scripts: ChapterScripts,
     voice: VoiceBackend,
+    dialogue_variator: DialogueVariator,
 ):
     slug = context.partition_key
     layout = storage.layout
@@ -100,7 +102,7 @@ def chapter_dialogue(
     by_speaker: dict[str, list[tuple[dict, DialogueLine, str]]] = defaultdict(list)
     for scene in chapter["scenes"]:
         for line in scene["lines"]:
-            text, source = vary_line(line["text"], line.get("ask"))
+            text, source = vary_line(dialogue_variator, line, scene, paths.work_dir(layout, slug) / "llm_cache", context.log)
             dialogue_line = DialogueLine(id=line["id"], text=text, level=line["level"], emotion=line["emotion"])
             by_speaker[line["speaker"]].append((line, dialogue_line, source))
 
