@@ -18,3 +18,6 @@ queen_nights_partitions = dg.MultiPartitionsDefinition({"queen": queens_partitio
 
 def queen_night_key(queen: str, night: str) -> dg.MultiPartitionKey:
     return dg.MultiPartitionKey({"queen": queen, "night": night})
+
+CHAPTERS = "chapters"
+chapters_partitions = dg.DynamicPartitionsDefinition(name=CHAPTERS)
