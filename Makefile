@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 MANIFESTS_DIR ?= deploy/manifests
 export DAGSTER_HOME
 
-.PHONY: install run demo test test-fast manifests dagster-home clean
+.PHONY: install run check-defs demo test test-fast manifests dagster-home clean
 
 $(BIN)/.installed: pyproject.toml deploy/install_musiq.sh
 	$(PYTHON) -m venv $(VENV)
@@ -22,13 +22,21 @@ $(BIN)/.installed: pyproject.toml deploy/install_musiq.sh
 
 install: $(BIN)/.installed
 
+# The instance config lives in instance/, not the repo root: `dg dev` runs from the root and
+# warns about a dagster.yaml there that DAGSTER_HOME does not use.
 dagster-home:
 	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	cp instance/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
+# `dg dev` reads the project from [tool.dg] in pyproject.toml. exec: Ctrl-C and SIGTERM reach
+# dg itself, which stops the webserver and the daemon and exits.
 run: install dagster-home
 	$(BIN)/hydra demo-data
-	$(BIN)/dagster dev -w workspace.yaml -p $(PORT)
+	exec $(BIN)/dg dev -p $(PORT)
+
+# Definitions load and validate (what CI and a reviewer run first).
+check-defs: install
+	$(BIN)/dg check defs
 
 demo: install dagster-home
 	$(BIN)/hydra demo

@@ -19,7 +19,7 @@ HYDRA = Path(sys.executable).with_name("hydra")
 def run_demo(tmp_path: Path) -> subprocess.CompletedProcess:
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
