@@ -3,16 +3,24 @@
 Every write is an upsert by the row's natural key, so re-running an asset or replaying a run
 converges on the same rows instead of piling up duplicates. SQLite serves local development
 and tests; the cluster uses PostgreSQL. Both get the same schema and the same statements.
+
+The models below are the source of the schema; ``resources/catalog_migrations`` holds its
+Alembic revisions, and the resource upgrades a database to the newest one on first use.
+Every connection has a lock and a statement timeout, so a locked table fails the step with
+the table's name instead of holding it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import alembic.command
+import alembic.config
 import dagster as dg
 import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
@@ -30,7 +38,11 @@ COUNTED_ASSET_TYPES = ("portrait", "expression", "pose", "voice_line")
 
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 """The dialects whose INSERT ... ON CONFLICT DO UPDATE the upserts rely on."""
-_SCHEMA_LOCK_KEY = 0x48594452  # "HYDR": PostgreSQL advisory lock held while creating tables
+_SCHEMA_LOCK_KEY = 0x48594452  # "HYDR": PostgreSQL advisory lock held while migrating
+MIGRATIONS = Path(__file__).with_name("catalog_migrations")
+"""Alembic's script folder, inside the package so an installed wheel carries it."""
+BASELINE_REVISION = "0001"
+"""The schema main created with ``create_all`` before Alembic: such databases are stamped with it."""
 
 
 def _utcnow() -> datetime:
@@ -198,6 +210,33 @@ class CatalogUnavailableError(ConnectionError):
     """The catalog database could not be reached; the message names the URL, password hidden."""
 
 
+class CatalogTimeoutError(TimeoutError):
+    """A catalog statement waited longer than its lock or statement timeout; names the table."""
+
+
+def migration_config(
+    connection: sa.Connection | None = None, script_location: Path = MIGRATIONS
+) -> alembic.config.Config:
+    """Alembic's config built in code (no alembic.ini): the packaged script folder, this connection."""
+    config = alembic.config.Config()
+    config.set_main_option("script_location", str(script_location))
+    config.attributes["connection"] = connection
+    return config
+
+
+def upgrade_schema(connection: sa.Connection, script_location: Path = MIGRATIONS) -> None:
+    """Bring the catalog to the newest revision; a database from before Alembic is adopted first.
+
+    A catalog created by ``create_all`` (main before migrations) has the baseline tables but
+    no ``alembic_version``: it is stamped as the baseline, then upgraded like any other.
+    """
+    config = migration_config(connection, script_location)
+    tables = set(sa.inspect(connection).get_table_names())
+    if "alembic_version" not in tables and QueenRow.__tablename__ in tables:
+        alembic.command.stamp(config, BASELINE_REVISION)
+    alembic.command.upgrade(config, "head")
+
+
 def _upsert(
     session: Session,
     table: sa.Table,
@@ -254,6 +293,13 @@ class CatalogResource(dg.ConfigurableResource):
     """Read and write the catalog tables; the engine is created once per resource instance."""
 
     url: str = Field(description="SQLAlchemy URL, e.g. sqlite:////data/catalog.db or postgresql://user:pw@host/db")
+    lock_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="longest wait for a lock (PostgreSQL lock_timeout, SQLite busy timeout)"
+    )
+    statement_timeout_seconds: float = Field(
+        default=120.0, gt=0, description="longest statement (PostgreSQL statement_timeout; SQLite has none)"
+    )
+    connect_timeout_seconds: int = Field(default=10, gt=0, description="longest wait to reach PostgreSQL")
 
     _engine: sa.Engine | None = PrivateAttr(default=None)
 
@@ -261,8 +307,20 @@ class CatalogResource(dg.ConfigurableResource):
     def _safe_url(self) -> str:
         return sa.make_url(self.url).render_as_string(hide_password=True)
 
+    def _create_engine(self, url: sa.URL, **kwargs: Any) -> sa.Engine:
+        if url.get_backend_name() == "sqlite":
+            engine = sa.create_engine(url, connect_args={"timeout": self.lock_timeout_seconds}, **kwargs)
+            sa.event.listen(engine, "connect", _sqlite_foreign_keys_on)
+            return engine
+        options = (
+            f"-c lock_timeout={round(self.lock_timeout_seconds * 1000)}"
+            f" -c statement_timeout={round(self.statement_timeout_seconds * 1000)}"
+        )
+        connect_args = {"options": options, "connect_timeout": self.connect_timeout_seconds}
+        return sa.create_engine(url, connect_args=connect_args, **kwargs)
+
     def _connect(self) -> sa.Engine:
-        """Create the engine and the tables on first use; a failed attempt is not cached."""
+        """Create the engine and migrate the schema on first use; a failed attempt is not cached."""
         if self._engine is None:
             url = sa.make_url(self.url)
             backend = url.get_backend_name()
@@ -270,31 +328,63 @@ class CatalogResource(dg.ConfigurableResource):
                 raise ValueError(f"catalog URL {self._safe_url}: unsupported database (use sqlite or postgresql)")
             if backend == "sqlite" and url.database not in (None, "", ":memory:"):
                 Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-            engine = sa.create_engine(url, pool_pre_ping=True)
-            if backend == "sqlite":
-                sa.event.listen(engine, "connect", _sqlite_foreign_keys_on)
+            engine = self._create_engine(url, pool_pre_ping=True)
             try:
-                with engine.begin() as connection:
-                    if backend == "postgresql":
-                        # A run's steps start in parallel processes; unlocked, two of them
-                        # creating the same table on a fresh database collide.
-                        connection.execute(sa.text("select pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
-                    Base.metadata.create_all(connection)
+                self._migrate(url)
             except sa.exc.OperationalError as exc:
                 engine.dispose()
+                if _is_timeout(exc):
+                    raise self._timeout_error(exc, "alembic_version (schema migration)") from exc
                 message = f"cannot reach the catalog database {self._safe_url}: {exc.orig}"
                 raise CatalogUnavailableError(message) from exc
             self._engine = engine
         return self._engine
 
+    def _migrate(self, url: sa.URL) -> None:
+        """``alembic upgrade head``, one process at a time.
+
+        A run's steps start in parallel processes; unlocked, two of them migrating a fresh
+        database collide. PostgreSQL: an advisory lock; SQLite: the write lock up front.
+        """
+        if url.get_backend_name() == "sqlite":
+            engine = self._create_engine(url, poolclass=sa.pool.NullPool)
+            sa.event.listen(engine, "connect", _sqlite_manual_transactions)
+            sa.event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+        else:
+            engine = self._create_engine(url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.begin() as connection:
+                if url.get_backend_name() == "postgresql":
+                    connection.execute(sa.text("select pg_advisory_xact_lock(:key)"), {"key": _SCHEMA_LOCK_KEY})
+                upgrade_schema(connection)
+        finally:
+            engine.dispose()
+
+    def _timeout_error(self, exc: sa.exc.OperationalError, table: str | None) -> CatalogTimeoutError:
+        table = table or _table_of(exc.statement) or "(unknown table)"
+        if _is_statement_timeout(exc):
+            what = f"a statement ran longer than the statement timeout ({self.statement_timeout_seconds:g} s)"
+        else:
+            what = f"waited longer than the lock timeout ({self.lock_timeout_seconds:g} s) for a lock another transaction holds"
+        return CatalogTimeoutError(f"catalog table {table} on {self._safe_url}: {what}; nothing of this step was written")
+
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session for reads; loaded objects stay readable after it closes."""
-        with Session(self._connect(), expire_on_commit=False) as session:
-            yield session
+        """A session for reads; loaded objects stay readable after it closes.
+
+        A lock or statement timeout surfaces as :class:`CatalogTimeoutError` naming the table.
+        """
+        try:
+            with Session(self._connect(), expire_on_commit=False) as session:
+                yield session
+        except sa.exc.OperationalError as exc:
+            if _is_timeout(exc):
+                raise self._timeout_error(exc, None) from exc
+            raise
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
+        """All of a call's writes or none of them."""
         with self.session() as session, session.begin():
             yield session
 
@@ -409,3 +499,30 @@ def _sqlite_foreign_keys_on(dbapi_connection: Any, connection_record: Any) -> No
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _sqlite_manual_transactions(dbapi_connection: Any, connection_record: Any) -> None:
+    """Let SQLAlchemy emit BEGIN itself (pysqlite would not begin before DDL); SQLAlchemy's recipe."""
+    dbapi_connection.isolation_level = None
+
+
+_PG_LOCK_NOT_AVAILABLE = "55P03"
+_PG_QUERY_CANCELED = "57014"
+_TABLE_IN_SQL = re.compile(r'\b(?:INTO|UPDATE|FROM|TABLE|JOIN)\s+"?(\w+)"?', re.IGNORECASE)
+
+
+def _is_statement_timeout(exc: sa.exc.OperationalError) -> bool:
+    return getattr(exc.orig, "pgcode", None) == _PG_QUERY_CANCELED
+
+
+def _is_timeout(exc: sa.exc.OperationalError) -> bool:
+    """A lock or statement timeout (PostgreSQL), or SQLite's busy timeout running out."""
+    if getattr(exc.orig, "pgcode", None) in (_PG_LOCK_NOT_AVAILABLE, _PG_QUERY_CANCELED):
+        return True
+    return "database is locked" in str(exc.orig)
+
+
+def _table_of(statement: str | None) -> str | None:
+    """The first table a SQL statement names (for messages)."""
+    match = _TABLE_IN_SQL.search(statement or "")
+    return match.group(1) if match else None

@@ -1,0 +1,16 @@
+"""Alembic environment for the catalog: always given a connection by resources.catalog."""
+
+from alembic import context
+
+from resources.catalog import Base
+
+connection = context.config.attributes["connection"]
+context.configure(
+    connection=connection,
+    target_metadata=Base.metadata,
+    # SQLite cannot ALTER most things in place: batch mode copies the table (render_as_batch).
+    render_as_batch=connection.dialect.name == "sqlite",
+    compare_type=True,
+)
+with context.begin_transaction():
+    context.run_migrations()
