@@ -1,8 +1,8 @@
-"""Alembic environment for the catalog: always given a connection by resources.catalog."""
+"""Alembic environment for the catalog: always given a connection by resources.catalog_schema.upgrade_schema."""
 
 from alembic import context
 
-from resources.catalog import Base
+from resources.catalog_schema import Base
 
 connection = context.config.attributes["connection"]
 context.configure(

@@ -1,7 +1,7 @@
 """The catalog tables as main created them with create_all (the baseline).
 
 A database created before Alembic has exactly these tables and is stamped with this revision
-instead of running it (resources.catalog.upgrade_schema).
+instead of running it (resources.catalog_schema.upgrade_schema).
 
 Revision ID: 0001
 Revises:
