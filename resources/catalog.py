@@ -32,6 +32,7 @@ from resources.catalog_schema import (  # noqa: F401 - the schema's names, re-ex
     GRANULARITIES,
     LORA_STATUSES,
     MIGRATIONS,
+    VERSION_TABLE,
     VOICE_MODEL_TYPES,
     VOICE_STATUSES,
     Base,
@@ -157,7 +158,7 @@ class CatalogResource(dg.ConfigurableResource):
             except sa.exc.OperationalError as exc:
                 engine.dispose()
                 if _is_timeout(exc):
-                    raise self._timeout_error(exc, "alembic_version (schema migration)") from exc
+                    raise self._timeout_error(exc, f"{VERSION_TABLE} (schema migration)") from exc
                 message = f"cannot reach the catalog database {self._safe_url}: {exc.orig}"
                 raise CatalogUnavailableError(message) from exc
             self._engine = engine

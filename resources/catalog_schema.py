@@ -27,6 +27,8 @@ GRANULARITIES = ("hourly", "daily", "weekly")
 COUNTED_ASSET_TYPES = ("portrait", "expression", "pose", "voice_line")
 MIGRATIONS = Path(__file__).with_name("catalog_migrations")
 """Alembic's script folder, inside the package so an installed wheel carries it."""
+VERSION_TABLE = "hydra_catalog_version"
+"""Alembic's version table for the catalog (dagster-postgres uses ``alembic_version`` in the same database)."""
 BASELINE_REVISION = "0001"
 """The schema main created with ``create_all`` before Alembic: such databases are stamped with it."""
 
@@ -206,10 +208,10 @@ def upgrade_schema(connection: sa.Connection, script_location: Path = MIGRATIONS
     """Bring the catalog to the newest revision; a database from before Alembic is adopted first.
 
     A catalog created by ``create_all`` (main before migrations) has the baseline tables but
-    no ``alembic_version``: it is stamped as the baseline, then upgraded like any other.
+    no version table: it is stamped as the baseline, then upgraded like any other.
     """
     config = migration_config(connection, script_location)
     tables = set(sa.inspect(connection).get_table_names())
-    if "alembic_version" not in tables and QueenRow.__tablename__ in tables:
+    if VERSION_TABLE not in tables and QueenRow.__tablename__ in tables:
         alembic.command.stamp(config, BASELINE_REVISION)
     alembic.command.upgrade(config, "head")

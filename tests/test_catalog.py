@@ -19,6 +19,7 @@ from alembic.script import ScriptDirectory
 from hydra_assets.domain.roster import Queen
 from resources.catalog import (
     MIGRATIONS,
+    VERSION_TABLE,
     Base,
     CatalogResource,
     CatalogTimeoutError,
@@ -257,7 +258,7 @@ def schema(url: str) -> dict[str, object]:
     try:
         inspector = sa.inspect(engine)
         result = {}
-        for table in sorted(set(inspector.get_table_names()) - {"alembic_version"}):
+        for table in sorted(set(inspector.get_table_names()) - {VERSION_TABLE}):
             result[table] = {
                 "columns": [
                     (c["name"], str(c["type"]), c["nullable"], c.get("comment")) for c in inspector.get_columns(table)
@@ -283,11 +284,20 @@ def index_sql(engine: sa.Engine, table: str) -> list[str]:
         return sorted(row[0] for row in connection.execute(sa.text(query), {"t": table}))
 
 
+def catalog_differences(connection: sa.Connection) -> list:
+    """What autogenerate would change in the catalog's own tables (not the version table, not Dagster's)."""
+    opts = {
+        "compare_type": True,
+        "include_object": lambda obj, name, type_, reflected, compare_to: type_ != "table" or name in Base.metadata.tables,
+    }
+    return compare_metadata(MigrationContext.configure(connection, opts=opts), Base.metadata)
+
+
 def version_of(url: str) -> list[str]:
     engine = sa.create_engine(url)
     try:
         with engine.connect() as connection:
-            return [row[0] for row in connection.execute(sa.text("select version_num from alembic_version"))]
+            return [row[0] for row in connection.execute(sa.text(f"select version_num from {VERSION_TABLE}"))]
     finally:
         engine.dispose()
 
@@ -327,8 +337,7 @@ def test_models_and_migrations_agree(backend, request, tmp_path) -> None:
     catalog.dispose()
     engine = sa.create_engine(url)
     with engine.connect() as connection:
-        context = MigrationContext.configure(connection, opts={"compare_type": True})
-        differences = compare_metadata(context, Base.metadata)
+        differences = catalog_differences(connection)
     engine.dispose()
     assert differences == []
     assert version_of(url) == [ScriptDirectory.from_config(migration_config()).get_current_head()]
@@ -336,7 +345,7 @@ def test_models_and_migrations_agree(backend, request, tmp_path) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_catalog_from_before_alembic_is_adopted_and_keeps_its_rows(backend, request, tmp_path) -> None:
-    """main's databases were made by create_all and have no alembic_version table."""
+    """main's databases were made by create_all and have no version table."""
     url = _url(backend, request, tmp_path)
     engine = sa.create_engine(url)
     Base.metadata.create_all(engine)
@@ -470,3 +479,22 @@ def test_parallel_steps_migrating_a_fresh_catalog_do_not_collide(backend, reques
     with multiprocessing.get_context("spawn").Pool(4) as pool:
         assert pool.map(_first_use, [url] * 4) == [None] * 4
     assert version_of(url) == [ScriptDirectory.from_config(migration_config()).get_current_head()]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_database_shared_with_dagsters_own_migrations_is_left_to_them(backend, request, tmp_path) -> None:
+    """dagster-postgres keeps its Alembic revision in alembic_version; the catalog's is its own."""
+    url = _url(backend, request, tmp_path)
+    engine = sa.create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(sa.text("create table alembic_version (version_num varchar(32) primary key)"))
+        connection.execute(sa.text("insert into alembic_version values ('29b539ebc72a')"))
+    catalog = CatalogResource(url=url)
+    catalog.upsert_queen(make_queen())
+    catalog.dispose()
+    with engine.connect() as connection:
+        assert connection.execute(sa.text("select version_num from alembic_version")).all() == [("29b539ebc72a",)]
+        differences = catalog_differences(connection)
+    engine.dispose()
+    assert version_of(url) == [ScriptDirectory.from_config(migration_config()).get_current_head()]
+    assert differences == []
