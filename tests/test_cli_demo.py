@@ -19,7 +19,7 @@ HYDRA = Path(sys.executable).with_name("hydra")
 def run_demo(tmp_path: Path) -> subprocess.CompletedProcess:
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -31,6 +31,7 @@ def run_demo(tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # every stage of `hydra demo` in a subprocess on 2 CPU cores
 def test_hydra_demo_runs_every_stage_and_prints_the_summary(tmp_path):
     result = run_demo(tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
