@@ -193,7 +193,7 @@ def measure(label: str, home: Path, start: dt.date, queens: int, admin_url: str 
     home.mkdir(parents=True)
     (home / "roster").mkdir()
     url = create_database(admin_url) if admin_url else None
-    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    config = yaml.safe_load((REPO / "instance" / "dagster.yaml").read_text())
     if url:
         config["storage"] = {"postgres": {"postgres_url": url}}
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
