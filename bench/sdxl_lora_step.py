@@ -22,7 +22,8 @@ from PIL import Image
 
 from hydra_assets.domain.demo_data import astronaut_photo, grace_hopper_photo
 from hydra_assets.domain.lora import LoraTrainingSettings
-from resources.lora_training import LoraTrainer, TrainingImage, build_tiny_sdxl_components, tiny_tokenizer
+from resources.lora_base import build_tiny_sdxl_components, tiny_tokenizer
+from resources.lora_training import LoraTrainer, TrainingImage
 
 SDXL_UNET = dict(
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
