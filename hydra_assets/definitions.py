@@ -10,7 +10,6 @@ import dagster as dg
 from dagster_k8s import k8s_job_executor
 
 from hydra_assets.chapters import CHAPTER_ASSETS
-from hydra_assets.domain.chapters import chapters_folder
 from hydra_assets.generation import generated_images
 from hydra_assets.lora import queen_lora
 from hydra_assets.quality import QUALITY_ASSETS
@@ -71,7 +70,7 @@ def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
         "aesthetic": ImageStatsAestheticProxy(),
         "technical": ClassicalTechnical(),
         "voice": EspeakBackend(),
-        "chapter_scripts": ChapterScripts(chapters_dir=chapters_folder(settings)),
+        "chapter_scripts": ChapterScripts(chapters_dir=settings.chapters_dir),
     }
 
 
