@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pyloudnorm
 import pytest
-import requests
 import soundfile as sf
 from scipy.signal import resample_poly
 from urllib3.util.retry import RequestHistory
@@ -18,15 +17,14 @@ from urllib3.util.retry import RequestHistory
 from hydra_assets.domain import audio, loudness
 from hydra_assets.domain.dialogue import DialogueLine
 from hydra_assets.domain.roster import VoiceDNA
+from resources.http import SpecRetry, server_message
 from resources.voice import (
     EspeakBackend,
     GptSovitsBackend,
     KokoroBackend,
-    SpecBackoffRetry,
     VoiceBackendUnavailable,
     VoiceConfigError,
     XttsBackend,
-    server_message,
 )
 from tests.voice_servers import PROTOCOLS, SAMPLE_RATES, VoiceTestServer, tone_wav
 
@@ -316,6 +314,26 @@ def test_http_backend_rejects_a_body_that_is_not_audio(server, reference_clip, b
     assert "not a RIFF/WAVE file" in result.error and described in result.error
 
 
+def test_http_backend_rejects_garbage_behind_a_wav_header(server, reference_clip):
+    server.knobs.body = "garbage"
+    backend = http_backend(server.protocol, server.url)
+    _, [result] = synthesize(backend, VoiceDNA(reference_clips=[str(reference_clip)]), line())
+    assert result.audio is None
+    assert f"{server.url}" in result.error and "has a RIFF/WAVE header but does not decode" in result.error
+    assert len(server.requests) == 1
+
+
+def test_http_backend_stops_a_slow_drip_at_the_overall_deadline(server, reference_clip):
+    # 512 bytes every 50 ms: no read waits anywhere near read_timeout_s, yet the WAV would take seconds.
+    server.knobs.drip_s = 0.05
+    backend = http_backend(server.protocol, server.url, read_timeout_s=1.0, deadline_s=0.8)
+    started = time.perf_counter()
+    _, [result] = synthesize(backend, VoiceDNA(reference_clips=[str(reference_clip)]), line(LONG))
+    assert time.perf_counter() - started < 1.6
+    assert result.audio is None and "no complete answer within 0.8 s (deadline_s)" in result.error
+    assert len(server.requests) == 1
+
+
 def test_http_backend_times_out_without_retrying(server, reference_clip):
     server.knobs.delay_s = 1.5
     backend = http_backend(server.protocol, server.url, read_timeout_s=0.3)
@@ -339,7 +357,7 @@ def test_unreachable_server_stops_the_batch(reference_clip):
 def test_backoff_grows_exponentially_with_jitter_up_to_the_cap():
     def wait(retries: int) -> float:
         history = tuple(RequestHistory("POST", "/tts", None, 503, None) for _ in range(retries))
-        return SpecBackoffRetry(total=10, backoff_factor=1.0, backoff_max=3.0, history=history).get_backoff_time()
+        return SpecRetry(total=10, backoff_factor=1.0, backoff_max=3.0, history=history).get_backoff_time()
 
     assert wait(0) == 0.0
     for retries, ceiling in [(1, 1.0), (2, 2.0), (3, 3.0), (6, 3.0)]:
@@ -392,7 +410,4 @@ def test_settings_that_a_server_ignores_are_not_sent():
     ],
 )
 def test_server_message_reads_each_servers_error_shape(body, expected):
-    response = requests.Response()
-    response._content = body
-    response.status_code = 400
-    assert server_message(response) == expected
+    assert server_message(body) == expected

@@ -25,7 +25,7 @@ from resources.voice.base import (
 from resources.voice.espeak import EMOTION_PROSODY, EspeakBackend
 from resources.voice.espeak_engine import espeak_engine
 from resources.voice.gpt_sovits import GptSovitsBackend
-from resources.voice.http import HttpVoiceBackend, SpecBackoffRetry, server_message
+from resources.voice.http import HttpVoiceBackend
 from resources.voice.kokoro import KokoroBackend
 from resources.voice.xtts import XTTS_LANGUAGES, XttsBackend
 
@@ -38,7 +38,6 @@ __all__ = [
     "KokoroBackend",
     "LineAudio",
     "LinePlan",
-    "SpecBackoffRetry",
     "VoiceBackend",
     "VoiceBackendUnavailable",
     "VoiceConfigError",
@@ -53,5 +52,4 @@ __all__ = [
     "XttsBackend",
     "espeak_engine",
     "primary_language",
-    "server_message",
 ]
