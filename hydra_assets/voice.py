@@ -262,6 +262,8 @@ def build_voice_lines(workload: str = VOICE_IN_POD_PROFILE) -> dg.AssetsDefiniti
         def save_manifest(outcome=None) -> None:
             if outcome is not None:
                 entries[outcome.line_id] = outcome.record
+                if outcome.status == STATUS_REUSED and outcome.reused_from is None:
+                    return  # same file, new tags only: the final save records them
             manifest.update(
                 queen=slug, dialogue_file=str(dialogue.path), backend=plan.backend, updated_at=datetime.now(UTC).isoformat()
             )

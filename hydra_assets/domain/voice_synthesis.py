@@ -103,7 +103,11 @@ def reuse_problem(path: Path, sha256: str | None) -> str | None:
 
 
 class ReuseIndex:
-    """Key → the last file made for it, one JSON file per key; paths are relative to ``storage_root``."""
+    """Key → the last file made for it, one JSON file per key (no shared file, no lock).
+
+    Entries are only hints: every lookup checks that the file still decodes and has the
+    recorded sha256, so a file rewritten for another key or removed is simply a miss.
+    """
 
     def __init__(self, directory: Path, storage_root: Path):
         self.directory = Path(directory)
@@ -126,8 +130,13 @@ class ReuseIndex:
         return path, document["record"]
 
     def record(self, key: str, path: Path, record: Mapping[str, Any]) -> None:
-        relative = Path(path).resolve().relative_to(self.storage_root.resolve())
-        atomic_write_json(self._entry_path(key), {"key": key, "path": str(relative), "record": dict(record)})
+        """Point ``key`` at ``path`` (relative to the storage root when under it, else absolute)."""
+        path = Path(path).resolve()
+        try:
+            where = str(path.relative_to(self.storage_root.resolve()))
+        except ValueError:
+            where = str(path)
+        atomic_write_json(self._entry_path(key), {"key": key, "path": where, "record": dict(record)})
 
 
 @dataclass
