@@ -214,3 +214,41 @@ def test_deadline_holds_on_a_kept_alive_connection(server):
     error, took = timed(lambda: client.request("GET", "/slow"))
     assert isinstance(error, HttpDeadlineExceeded) and took < 3.0, error
     assert client.get_json("/ok") == {"ok": 1}  # the client still works after a deadline
+
+
+def test_a_post_can_be_declared_safe_for_one_call(server):
+    server.script("/p", answer(503, {}), answer(200, {"ok": True}))
+    client = HttpClient(server.url, FAST)
+    assert client.request("POST", "/p", json={}, retry_post=True).json() == {"ok": True}
+    assert len(server.hits("/p")) == 2
+    server.script("/q", answer(503, {}), answer(200, {"ok": True}))
+    assert client.request("POST", "/q", json={}).status == 503  # the client's default still holds
+
+
+def test_a_secret_in_the_url_path_stays_out_of_errors(server):
+    secret = "/services/T000/B000/s3cr3t"
+    server.script(secret, answer(500, {"error": "x"}))
+    client = HttpClient(server.url + secret, FAST, redact_path=True)
+    with pytest.raises(HttpError) as info:
+        client.request("POST", "", json={"text": "hi"}).expect(200)
+    assert "s3cr3t" not in str(info.value) and "127.0.0.1" in str(info.value)
+    down = HttpClient(free_port_refusing() + secret, FAST, redact_path=True)
+    with pytest.raises(HttpUnavailable) as info:
+        down.request("POST", "", json={})
+    assert "s3cr3t" not in str(info.value)
+
+
+def test_backoff_waits_never_run_past_the_deadline(server):
+    server.script("/x", answer(503, {"error": "busy"}))
+    client = HttpClient(server.url, HttpPolicy(backoff_base_s=0.4, backoff_cap_s=5, deadline_s=1))
+    error, took = timed(lambda: client.request("GET", "/x"))
+    assert isinstance(error, HttpDeadlineExceeded) and took < 1.1, (error, took)
+    assert 2 <= len(server.hits("/x")) <= 3  # retried while the deadline allowed, never past it
+
+
+def test_media_type_families(server):
+    server.script("/a", answer(200, b"RIFF....WAVE", content_type="audio/x-wav"))
+    client = HttpClient(server.url, FAST)
+    assert client.request("GET", "/a").expect(200, media_type="audio/*").body.startswith(b"RIFF")
+    with pytest.raises(HttpProtocolError, match="expected media type audio/wav; got audio/x-wav"):
+        client.request("GET", "/a").expect(200, media_type="audio/wav")
