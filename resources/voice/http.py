@@ -48,11 +48,10 @@ SERVER_ERROR_STATUSES = frozenset({429, *range(500, 600)})
 class _TtsClient(HttpClient):
     """The shared client, except that a read timeout is never retried (see the module docstring)."""
 
-    def session(self) -> requests.Session:
-        fresh = self._session is None
-        session = super().session()
-        if fresh:
-            for adapter in session.adapters.values():
+    def session(self, retry_post: bool | None = None) -> requests.Session:
+        session = super().session(retry_post)
+        for adapter in session.adapters.values():
+            if adapter.max_retries.read is not False:
                 adapter.max_retries = adapter.max_retries.new(read=False)
         return session
 
