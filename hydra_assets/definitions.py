@@ -16,7 +16,7 @@ from hydra_assets.quality import QUALITY_ASSETS
 from hydra_assets.queen_profile import queen_profile
 from hydra_assets.references import reference_identity, reference_images
 from hydra_assets.settings import SETTINGS, Settings
-from hydra_assets.voice import voice_lines
+from hydra_assets.voice import build_voice_lines, voice_lines
 from jobs import ALL_JOBS
 from resources.alerts import WebhookNotifier
 from resources.catalog import CatalogResource
@@ -28,7 +28,7 @@ from resources.lora_training import LoraTrainer
 from resources.metrics import MetricsPusher
 from resources.scoring import ClassicalTechnical, ImageStatsAestheticProxy, LaionAesthetic, Musiq
 from resources.storage import HydraStorage
-from resources.voice import EspeakBackend, GptSovitsBackend
+from resources.voice import EspeakBackend, GptSovitsBackend, VoiceBackend
 from sensors import (
     build_lora_ready_sensor,
     build_chapters_sensor,
@@ -101,6 +101,15 @@ def cluster_resources() -> dict[str, Any]:
     }
 
 
+def assets_for(resources: Mapping[str, Any]) -> list[Any]:
+    """ASSETS, with voice steps tagged for where the configured voice backend runs its model."""
+    voice = resources.get("voice")
+    if not isinstance(voice, VoiceBackend):
+        return list(ASSETS)
+    voiced = build_voice_lines(voice.workload_profile())
+    return [voiced if asset is voice_lines else asset for asset in ASSETS]
+
+
 EXECUTOR_BY_ENV = {"local": None, "cluster": k8s_job_executor}
 """Embedded: Dagster's default multiprocess executor. Cluster: one pod per step, so each GPU
 asset's step gets the pod its workload profile describes (dagster-k8s/config op tags)."""
@@ -112,7 +121,7 @@ def build_definitions(resources: Mapping[str, Any], *, env: str = "local") -> dg
     sensor_status = dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
     schedule_status = dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
     return dg.Definitions(
-        assets=ASSETS,
+        assets=assets_for(resources),
         jobs=ALL_JOBS,
         schedules=[build_overnight_schedule(schedule_status)],
         sensors=[
