@@ -69,7 +69,7 @@ def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
         **llm_resources(),  # embedded: template prompts, the writer's lines
         "aesthetic": ImageStatsAestheticProxy(),
         "technical": ClassicalTechnical(),
-        "voice": EspeakBackend(),
+        "voice": EspeakBackend(loudness_target_lufs=settings.loudness_target_lufs),
         "chapter_scripts": ChapterScripts(chapters_dir=settings.chapters_dir),
     }
 
@@ -96,7 +96,7 @@ def cluster_resources() -> dict[str, Any]:
             clip_checkpoint_path=dg.EnvVar("HYDRA_CLIP_CHECKPOINT"), mlp_path=dg.EnvVar("HYDRA_LAION_MLP")
         ),
         "technical": Musiq(model_path=dg.EnvVar("HYDRA_MUSIQ_WEIGHTS")),
-        "voice": GptSovitsBackend(url=dg.EnvVar("HYDRA_GPT_SOVITS_URL")),
+        "voice": GptSovitsBackend(url=dg.EnvVar("HYDRA_GPT_SOVITS_URL"), loudness_target_lufs=SETTINGS.loudness_target_lufs),
         "chapter_scripts": ChapterScripts(chapters_dir=dg.EnvVar("HYDRA_CHAPTERS_DIR")),
     }
 
