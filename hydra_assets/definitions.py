@@ -10,6 +10,7 @@ import dagster as dg
 from dagster_k8s import k8s_job_executor
 
 from hydra_assets.chapters import CHAPTER_ASSETS
+from hydra_assets.chapters.dialogue import build_chapter_dialogue, chapter_dialogue
 from hydra_assets.generation import generated_images
 from hydra_assets.lora import queen_lora
 from hydra_assets.quality import QUALITY_ASSETS
@@ -106,8 +107,9 @@ def assets_for(resources: Mapping[str, Any]) -> list[Any]:
     voice = resources.get("voice")
     if not isinstance(voice, VoiceBackend):
         return list(ASSETS)
-    voiced = build_voice_lines(voice.workload_profile())
-    return [voiced if asset is voice_lines else asset for asset in ASSETS]
+    profile = voice.workload_profile()
+    rebuilt = {id(voice_lines): build_voice_lines(profile), id(chapter_dialogue): build_chapter_dialogue(profile)}
+    return [rebuilt.get(id(asset), asset) for asset in ASSETS]
 
 
 EXECUTOR_BY_ENV = {"local": None, "cluster": k8s_job_executor}

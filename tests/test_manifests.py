@@ -175,8 +175,15 @@ def test_cluster_voice_step_with_a_tts_server_gets_a_valid_cpu_only_manifest(tmp
 
     defs = build_definitions(cluster_resources(), env="cluster")
     paths = render.render_manifests(defs, tmp_path, helm)
-    assert set(paths) == {"queen_lora", "generated_images", "image_scores", "voice_lines"}
-    voice = yaml.safe_load(paths["voice_lines"].read_text())
+    assert set(paths) == {"queen_lora", "generated_images", "image_scores", "voice_lines", "chapter_dialogue", "scene_images"}
+    for step in ("voice_lines", "chapter_dialogue"):
+        _assert_cpu_only_voice_step(yaml.safe_load(paths[step].read_text()))
+    # The GPU steps are unchanged by the voice backend.
+    lora = _container(yaml.safe_load(paths["queen_lora"].read_text()))
+    assert lora["resources"]["limits"][GPU_RESOURCE] == "1"
+
+
+def _assert_cpu_only_voice_step(voice: dict) -> None:
     for version in K8S_VERSIONS:
         kubernetes_validate.validate(voice, version, strict=True)
     profile = CPU_WORKLOADS[VOICE_REMOTE_PROFILE]
@@ -190,9 +197,6 @@ def test_cluster_voice_step_with_a_tts_server_gets_a_valid_cpu_only_manifest(tmp
     metadata = voice["spec"]["template"]["metadata"]
     assert metadata["labels"][WORKLOAD_LABEL] == VOICE_REMOTE_PROFILE
     assert metadata["annotations"]["hydra.io/workload-reason"] == profile.reason
-    # The GPU steps are unchanged by the voice backend.
-    lora = _container(yaml.safe_load(paths["queen_lora"].read_text()))
-    assert lora["resources"]["limits"][GPU_RESOURCE] == "1"
 
 
 def test_cli_writes_into_manifests_dir_and_clears_only_its_own_stale_files(tmp_path, monkeypatch, capsys):

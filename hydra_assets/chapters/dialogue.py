@@ -37,6 +37,7 @@ from hydra_assets.domain.chapters import VOICES
 from hydra_assets.domain.dialogue import DialogueLine
 from hydra_assets.domain.roster import Queen
 from hydra_assets.domain.storage import atomic_write_json, read_json
+from hydra_assets.domain.workloads import VOICE_IN_POD_PROFILE
 from hydra_assets.gpu import gpu_asset_kwargs
 from hydra_assets.metadata import markdown_table
 from hydra_assets.partitions import chapters_partitions
@@ -61,16 +62,7 @@ def _voice_of(speaker: str, layout, chapter_scripts: ChapterScripts):
     return Queen.model_validate(document["queen"]).voice_dna
 
 
-@dg.asset(
-    partitions_def=chapters_partitions,
-    group_name="chapters",
-    deps=["chapter_script"],
-    kinds={"soundfile", "wav"},
-    description="Every chapter line voiced (16-bit PCM mono WAV per line), keyed by text + voice settings; "
-    "unchanged lines and lines equal to a queen's voice_lines are reused.",
-    **gpu_asset_kwargs("voice-synthesis"),
-)
-def chapter_dialogue(
+def voice_chapter(
     context: dg.AssetExecutionContext,
     config: ChapterDialogueConfig,
     storage: HydraStorage,
@@ -178,3 +170,20 @@ def chapter_dialogue(
         },
         data_version=dg.DataVersion(version),
     )
+
+
+def build_chapter_dialogue(workload: str = VOICE_IN_POD_PROFILE) -> dg.AssetsDefinition:
+    """The asset, its step tagged with ``workload``: the voice backend's own (as voice_lines)."""
+    return dg.asset(
+        name=ASSET,
+        partitions_def=chapters_partitions,
+        group_name="chapters",
+        deps=["chapter_script"],
+        kinds={"soundfile", "wav"},
+        description="Every chapter line voiced (16-bit PCM mono WAV per line, loudness-normalised), keyed by text + "
+        "voice settings; unchanged lines and lines any asset already made (a queen's voice_lines) are reused.",
+        **gpu_asset_kwargs(workload),
+    )(voice_chapter)
+
+
+chapter_dialogue = build_chapter_dialogue()
