@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from dagster_k8s import k8s_job_executor
 
+from hydra_assets.domain import embeddings as embedding_contract
 from hydra_assets.generation import generated_images
 from hydra_assets.lora import queen_lora
 from hydra_assets.quality import QUALITY_ASSETS
@@ -19,6 +21,7 @@ from hydra_assets.voice import voice_lines
 from jobs import ALL_JOBS
 from resources.alerts import WebhookNotifier
 from resources.catalog import CatalogResource
+from resources.embeddings import EmbeddingStore
 from resources.face import DlibFaceBackend, InsightFaceBackend
 from resources.image_generation import ComfyUIBackend, DemoRenderer
 from resources.lora_training import LoraTrainer
@@ -62,6 +65,13 @@ def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
         "aesthetic": ImageStatsAestheticProxy(),
         "technical": ClassicalTechnical(),
         "voice": EspeakBackend(),
+        # qdrant-client's local mode in a folder under the storage root; sizes of dlib and the tiny-image embedding
+        "embeddings": EmbeddingStore(
+            path=str(Path(settings.storage_root) / "qdrant"),
+            face_size=embedding_contract.DLIB_FACE_SIZE,
+            style_size=embedding_contract.TINY_IMAGE_SIZE,
+            visual_size=embedding_contract.TINY_IMAGE_SIZE,
+        ),
     }
 
 
@@ -87,6 +97,13 @@ def cluster_resources() -> dict[str, Any]:
         ),
         "technical": Musiq(model_path=dg.EnvVar("HYDRA_MUSIQ_WEIGHTS")),
         "voice": GptSovitsBackend(url=dg.EnvVar("HYDRA_GPT_SOVITS_URL")),
+        "embeddings": EmbeddingStore(
+            url=dg.EnvVar("HYDRA_QDRANT_URL"),
+            api_key=dg.EnvVar("HYDRA_QDRANT_API_KEY"),
+            face_size=embedding_contract.INSIGHTFACE_SIZE,
+            style_size=embedding_contract.CLIP_VIT_L14_SIZE,
+            visual_size=embedding_contract.CLIP_VIT_L14_SIZE,
+        ),
     }
 
 
