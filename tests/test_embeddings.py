@@ -22,7 +22,7 @@ from qdrant_client import QdrantClient
 from hydra_assets.domain import embeddings as contract
 from hydra_assets.domain import quality
 from hydra_assets.domain.embeddings import EmbeddingStoreError, ImageRecord, QueenVectorRecord
-from resources.embeddings import EmbeddingStore
+from resources.embeddings import EmbeddingSession, EmbeddingStore
 
 REPO = Path(__file__).resolve().parents[1]
 SEED_IMAGE_PAYLOAD = {
@@ -182,6 +182,9 @@ def test_prior_approved_from_the_store_gives_the_gate_the_same_decisions(tmp_pat
         )
         session.upsert_images([record("other-queen", prior[1], queen="ivy-marlowe", night="2026-11-17")])
         from_store, store_ids = session.nearest_prior_approved(tonight, "nova-sterling", "2026-11-20", "tiny-image-32")
+        # the server strategy (one batched filtered query), run against the same local collection
+        as_server = EmbeddingSession(session.client, session.sizes, session.location, local=False)
+        from_query, query_ids = as_server.nearest_prior_approved(tonight, "nova-sterling", "2026-11-20", "tiny-image-32")
     earlier = [i for i in range(40) if prior_approved[i] and prior_nights[i] < "2026-11-20"]
     ids = [f"new-{i:03d}" for i in range(12)]
     ranking = list(rng.uniform(1, 10, 12))
@@ -194,6 +197,8 @@ def test_prior_approved_from_the_store_gives_the_gate_the_same_decisions(tmp_pat
     expected = matches(prior[earlier], [f"old-{i:03d}" for i in earlier])
     assert len(expected) >= 4  # the test plants real duplicates
     assert matches(from_store, store_ids) == expected
+    assert matches(from_query, query_ids) == expected
+    assert query_ids == store_ids
     assert set(store_ids) <= {f"old-{i:03d}" for i in earlier}
 
 
@@ -224,7 +229,7 @@ def test_a_folder_held_by_another_client_fails_in_bounded_time(tmp_path):
 WRITER = textwrap.dedent(
     """
     import sys, time, numpy as np
-    from resources.embeddings import EmbeddingStore
+    from resources.embeddings import EmbeddingSession, EmbeddingStore
     from hydra_assets.domain.embeddings import ImageRecord
     folder, name = sys.argv[1], sys.argv[2]
     store = EmbeddingStore(path=folder, face_size=8, style_size=12, visual_size=16, lock_timeout_s=60)

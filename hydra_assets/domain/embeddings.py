@@ -242,3 +242,20 @@ def prior_matrix(hits_per_query: Sequence[Sequence[SimilarImage]]) -> tuple[np.n
     if not ids:
         return None, []
     return np.asarray([seen[i] for i in ids], dtype=np.float32), ids
+
+
+def nearest_hits(queries: np.ndarray, candidates: Sequence[SimilarImage]) -> list[list[SimilarImage]]:
+    """Each query's nearest candidate by cosine (an empty list where there are none), the hit a
+    ``limit=1`` query would return."""
+    if not candidates:
+        return [[] for _ in range(len(queries))]
+    matrix = np.asarray([c.vector for c in candidates], dtype=np.float64)
+    matrix /= np.linalg.norm(matrix, axis=1, keepdims=True)
+    unit = np.asarray(queries, dtype=np.float64)
+    unit = unit / np.linalg.norm(unit, axis=1, keepdims=True)
+    cosines = unit @ matrix.T
+    best = np.argmax(cosines, axis=1)
+    return [
+        [SimilarImage(candidates[b].image_id, float(cosines[row, b]), candidates[b].payload, candidates[b].vector)]
+        for row, b in enumerate(best)
+    ]
