@@ -27,11 +27,15 @@ def _store():
 
 
 def _find(session, target: str):
+    """By image id; a file is looked up by its path under the storage root (as stored), then its name."""
+    from hydra_assets.settings import SETTINGS
+
     path = Path(target)
-    if path.is_file():
-        hit = session.image_by_file(str(path.resolve())) or session.image_by_file(str(path))
-        return hit or session.image(path.stem, with_vector=True), path.stem
-    return session.image(target, with_vector=True), target
+    if not path.is_file():
+        return session.image(target, with_vector=True), target
+    resolved, root = path.resolve(), Path(SETTINGS.storage_root).resolve()
+    stored = resolved.relative_to(root).as_posix() if resolved.is_relative_to(root) else str(resolved)
+    return session.image_by_file(stored) or session.image(path.stem, with_vector=True), path.stem
 
 
 def _fmt(value, digits: int) -> str:

@@ -41,7 +41,8 @@ def record(image_id: str, vector, *, queen: str = "nova-sterling", night: str = 
            model: str = "tiny-image-32", **extra) -> ImageRecord:
     return ImageRecord(
         image_id=image_id, queen_slug=queen, night=night, vector=np.asarray(vector, dtype=np.float32),
-        embedding_model=model, asset_type="portrait", approved=approved, file_path=f"/storage/{image_id}.png",
+        embedding_model=model, asset_type="portrait", approved=approved,
+        file_path=extra.pop("file_path", f"overnight/{night}/generated/{queen}/{image_id}.png"),
         generated_at=f"{night}T22:05:00+00:00", aesthetic_score=6.5, technical_score=71.0,
         face_match_score=extra.pop("face_match_score", 0.91), prompt="portrait, soft light", seed=42, **extra,
     )
@@ -295,7 +296,31 @@ def test_hydra_similar_lists_the_queens_nearest_images(tmp_path):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("nova-000 (nova-sterling, 2026-11-20, approved): 3 nearest")
     assert [line.split()[1] for line in lines[3:]] == ["nova-001", "nova-002", "nova-003"]
-    approved = run_cli(tmp_path, "/storage/nova-000.png", "--approved")  # not a file here: taken as an id
-    assert approved.returncode == 1 and "/storage/nova-000.png is not in the embedding store" in approved.stderr
     only_approved = run_cli(tmp_path, "nova-000", "--approved")
     assert [line.split()[1] for line in only_approved.stdout.splitlines()[3:]] == ["nova-001", "nova-003"]
+    unknown = run_cli(tmp_path, "/storage/nova-000.png", "--approved")  # not a file here: taken as an id
+    assert unknown.returncode == 1 and "/storage/nova-000.png is not in the embedding store" in unknown.stderr
+    image_file = tmp_path / "storage" / "overnight" / "2026-11-20" / "generated" / "nova-sterling" / "renamed.png"
+    image_file.parent.mkdir(parents=True)
+    image_file.write_bytes(b"png")
+    with local.session() as session:
+        session.upsert_images([record("nova-004", base + offsets[0], night="2026-11-18", file_path=(
+            "overnight/2026-11-20/generated/nova-sterling/renamed.png"))])
+    by_file = run_cli(tmp_path, str(image_file), "--limit", "1")
+    assert by_file.returncode == 0 and by_file.stdout.startswith("nova-004 (nova-sterling, 2026-11-18"), by_file.stderr
+
+
+def test_score_rows_become_records_with_the_seed_payload():
+    rows = [
+        {"image_id": "nova-sterling-2026-11-20-portrait-000", "queen": "nova-sterling", "night": "2026-11-20",
+         "asset_type": "portrait", "file_path": "overnight/2026-11-20/generated/nova-sterling/a.png",
+         "aesthetic_score": 7.1, "technical_score": float("nan"), "face_match_score": 0.8, "approved": np.bool_(True),
+         "prompt_used": "portrait", "seed": np.int64(7), "generated_at": "2026-11-20T22:01:00+00:00",
+         "generation_params": '{"task_id": "42", "prompt": "portrait"}', "embedding_model": "tiny-image-32",
+         "embedding": np.ones(4, np.float32)},
+        {"image_id": "unreadable", "queen": "nova-sterling", "night": "2026-11-20", "embedding": None},
+    ]
+    (only,) = contract.image_records(rows)
+    payload = only.payload()
+    assert payload["task_id"] == "42" and payload["seed"] == 7 and payload["technical_score"] is None
+    assert payload["approved"] is True and payload["night_key"] == 20261120 and payload["prompt"] == "portrait"

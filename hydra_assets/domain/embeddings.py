@@ -14,6 +14,7 @@ same image twice replaces its point instead of adding one.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from collections.abc import Mapping, Sequence
@@ -151,7 +152,7 @@ class ImageRecord:
     asset_type: str
     approved: bool
     file_path: str
-    generated_at: str
+    generated_at: str | None
     aesthetic_score: float | None = None
     technical_score: float | None = None
     face_match_score: float | None = None
@@ -259,3 +260,60 @@ def nearest_hits(queries: np.ndarray, candidates: Sequence[SimilarImage]) -> lis
         [SimilarImage(candidates[b].image_id, float(cosines[row, b]), candidates[b].payload, candidates[b].vector)]
         for row, b in enumerate(best)
     ]
+
+
+def _task_id(params: Any) -> str | None:
+    """The generation task an image was made for, from its generation params (JSON text or a mapping)."""
+    if isinstance(params, str):
+        try:
+            params = json.loads(params)
+        except ValueError:
+            return None
+    value = params.get("task_id") if isinstance(params, Mapping) else None
+    return None if value is None else str(value)
+
+
+def _optional_int(value: Any) -> int | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return int(value)
+
+
+def _optional_text(value: Any) -> str | None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return str(value)
+
+
+def image_records(rows: Sequence[Mapping[str, Any]]) -> list[ImageRecord]:
+    """Records of the score table's rows that have an embedding (an unreadable image has none).
+
+    Columns as ``image_scores`` writes them (queen, night, asset_type, file_path relative to the
+    storage root, the score columns, approved, prompt_used, seed, generated_at, generation_params,
+    embedding_model, embedding).
+    """
+    records = []
+    for row in rows:
+        vector = row.get("embedding")
+        if vector is None or len(vector) == 0:
+            continue
+        records.append(
+            ImageRecord(
+                image_id=str(row["image_id"]),
+                queen_slug=str(row["queen"]),
+                night=str(row["night"]),
+                vector=np.asarray(vector, dtype=np.float32),
+                embedding_model=str(row["embedding_model"]),
+                asset_type=str(row["asset_type"]),
+                approved=bool(row["approved"]),
+                file_path=str(row["file_path"]),
+                generated_at=_optional_text(row.get("generated_at")),
+                aesthetic_score=_number(row.get("aesthetic_score")),
+                technical_score=_number(row.get("technical_score")),
+                face_match_score=_number(row.get("face_match_score")),
+                prompt=_optional_text(row.get("prompt_used")),
+                seed=_optional_int(row.get("seed")),
+                task_id=_task_id(row.get("generation_params")),
+            )
+        )
+    return records
