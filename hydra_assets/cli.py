@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from hydra_assets import similar_cli
+from hydra_assets import embeddings_cli
 from hydra_assets.settings import SETTINGS
 
 DEMO_STAGE_JOBS = ("queen_reference_job", "queen_lora_job", "overnight_job", "queen_voice_job")
@@ -150,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "demo", help="run every pipeline stage for the roster (HYDRA_* settings) headless and print a summary"
     )
-    similar_cli.add_parser(commands)
+    embeddings_cli.add_parsers(commands)
     args = parser.parse_args(argv)
-    if args.command == similar_cli.COMMAND:
-        return similar_cli.run(args)
+    if args.command in embeddings_cli.COMMANDS:
+        return embeddings_cli.run(args)
     if args.command == "demo-data":
         return _write_demo_data(args.roster_dir, args.storage_root, force=args.force)
     return _run_demo(Path(SETTINGS.roster_dir), Path(SETTINGS.storage_root))

@@ -256,6 +256,37 @@ class EmbeddingSession:
         ]
         return self._upsert(contract.QUEEN_EMBEDDINGS, points)
 
+    def replace_queen_vectors(self, queen_slug: str, embedding_type: str, records: Sequence[QueenVectorRecord]) -> int:
+        """The queen's points of ``embedding_type`` become exactly ``records`` (a reference removed from
+        the set, or an image no longer approved, leaves no stale point)."""
+        wrong = [r.source_file for r in records if r.queen_slug != queen_slug or r.embedding_type != embedding_type]
+        if wrong:
+            raise ValueError(f"records {wrong} are not {embedding_type} vectors of {queen_slug}")
+        keep = {r.point_id() for r in records}
+        stale = [
+            point.id
+            for point in self._scroll(contract.QUEEN_EMBEDDINGS, _filter({"queen_slug": queen_slug, "embedding_type": embedding_type}))
+            if str(point.id) not in keep
+        ]
+        self.delete_queen_vectors(stale)
+        return self.upsert_queen_vectors(records)
+
+    def delete_queen_vectors(self, point_ids: Sequence[str]) -> None:
+        """Remove points of ``queen_embeddings`` by id; ids not stored are no error."""
+        if point_ids:
+            with self._calls(f"deleting {len(point_ids)} points from {contract.QUEEN_EMBEDDINGS}"):
+                self.client.delete(contract.QUEEN_EMBEDDINGS, points_selector=_models().PointIdsList(points=list(point_ids)), wait=True)
+
+    def _scroll(self, collection: str, query_filter: Any) -> list[Any]:
+        found, offset = [], None
+        while True:
+            with self._calls(f"reading {collection}"):
+                points, offset = self.client.scroll(collection, scroll_filter=query_filter, limit=SCROLL_PAGE, offset=offset,
+                                                    with_payload=False, with_vectors=False)
+            found.extend(points)
+            if offset is None:
+                return found
+
     def _upsert(self, collection: str, points: list[Any]) -> int:
         for start in range(0, len(points), UPSERT_BATCH):
             with self._calls(f"upserting into {collection}"):

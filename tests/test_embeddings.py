@@ -324,3 +324,50 @@ def test_score_rows_become_records_with_the_seed_payload():
     payload = only.payload()
     assert payload["task_id"] == "42" and payload["seed"] == 7 and payload["technical_score"] is None
     assert payload["approved"] is True and payload["night_key"] == 20261120 and payload["prompt"] == "portrait"
+
+
+def test_replacing_references_leaves_no_stale_point_and_keeps_other_kinds(tmp_path):
+    rng = np.random.default_rng(6)
+
+    def ref(name):
+        return QueenVectorRecord("nova-sterling", "reference", name, {"face": rng.standard_normal(8)}, "2026-11-20T10:00:00Z")
+
+    style = QueenVectorRecord("nova-sterling", "generated", "nova-000", {"style": rng.standard_normal(12)}, "2026-11-20T23:00:00Z")
+    other = QueenVectorRecord("ivy-marlowe", "reference", "a.png", {"face": rng.standard_normal(8)}, "2026-11-20T10:00:00Z")
+    with store(tmp_path / "q").session() as session:
+        session.upsert_queen_vectors([style, other])
+        session.replace_queen_vectors("nova-sterling", "reference", [ref("a.png"), ref("b.png"), ref("c.png")])
+        session.replace_queen_vectors("nova-sterling", "reference", [ref("a.png"), ref("c.png")])
+        assert session.count("queen_embeddings", queen_slug="nova-sterling", embedding_type="reference") == 2
+        assert session.count("queen_embeddings", embedding_type="generated") == 1
+        assert session.count("queen_embeddings", queen_slug="ivy-marlowe") == 1
+        session.delete_queen_vectors([style.point_id(), contract.queen_point_id("nova-sterling", "generated", "never-stored")])
+        assert session.count("queen_embeddings", embedding_type="generated") == 0
+        with pytest.raises(ValueError, match="not reference vectors of nova-sterling"):
+            session.replace_queen_vectors("nova-sterling", "reference", [other])
+
+
+def test_reindex_fills_the_store_from_the_score_tables_and_reports_a_bad_one(tmp_path):
+    import pandas as pd
+
+    from hydra_assets.domain.storage import StorageLayout
+    from hydra_assets.embedding_index import index_score_tables
+
+    layout = StorageLayout(tmp_path / "storage")
+    rows = [
+        {"image_id": f"nova-{i}", "queen": "nova-sterling", "night": "2026-11-19", "asset_type": "portrait",
+         "file_path": f"overnight/2026-11-19/generated/nova-sterling/{i}.png", "approved": i != 1,
+         "embedding_model": "tiny-image-32", "embedding": np.full(VISUAL if i != 2 else 4, i + 1.0, np.float32)}
+        for i in range(3)
+    ]
+    layout.scores_path("2026-11-19", "nova-sterling").parent.mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(layout.scores_path("2026-11-19", "nova-sterling"))
+    broken = layout.scores_path("2026-11-20", "nova-sterling")
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not parquet")
+    with store(tmp_path / "q").session() as session:
+        report = index_score_tables(layout, session)
+        again = index_score_tables(layout, session)
+        assert session.count("generated_images") == 2 and session.count("generated_images", approved=False) == 1
+    assert (report.tables, report.images, report.skipped) == (1, 2, 1) == (again.tables, again.images, again.skipped)
+    assert len(report.problems) == 1 and str(broken) in report.problems[0]

@@ -95,8 +95,9 @@ def size_mismatch(collection: str, expected: Mapping[str, int], actual: Mapping[
         return None
     return (
         f"collection {collection!r} in {location} " + "; ".join(problems) + ". Vectors of another size or space "
-        "cannot be compared: either point the store at a new location (or collection prefix) for this backend, "
-        f"or re-index: delete {collection!r} and re-materialize the assets that fill it."
+        "cannot be compared: either point the store at a new location for this backend, or re-index: delete "
+        f"{collection!r} (locally: the store's folder), run `hydra reindex-embeddings` for the image vectors and "
+        "re-materialize reference_identity for the face vectors."
     )
 
 

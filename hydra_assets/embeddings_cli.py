@@ -1,4 +1,5 @@
-"""`hydra similar IMAGE_OR_ID`: the nearest stored images of the same queen, with their cosine scores."""
+"""Embedding store commands: `hydra similar IMAGE_OR_ID` (the nearest stored images of the same
+queen, with their cosine scores) and `hydra reindex-embeddings` (fill the store from the score tables)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,14 @@ import argparse
 import sys
 from pathlib import Path
 
-COMMAND = "similar"
+SIMILAR = "similar"
+REINDEX = "reindex-embeddings"
+COMMANDS = (SIMILAR, REINDEX)
 
 
-def add_parser(commands) -> None:
-    parser = commands.add_parser(COMMAND, help="list the nearest images of the same queen in the embedding store")
+def add_parsers(commands) -> None:
+    commands.add_parser(REINDEX, help="upsert every scored image of every night (score tables) into the embedding store")
+    parser = commands.add_parser(SIMILAR, help="list the nearest images of the same queen in the embedding store")
     parser.add_argument("image", help="an image id (e.g. nova-sterling-2026-11-20-portrait-000) or an image file")
     parser.add_argument("--limit", type=int, default=10, help="how many neighbours (default 10)")
     parser.add_argument("--approved", action="store_true", help="approved images only")
@@ -43,6 +47,29 @@ def _fmt(value, digits: int) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    return reindex() if args.command == REINDEX else similar(args)
+
+
+def reindex() -> int:
+    from hydra_assets.domain.embeddings import EmbeddingStoreError
+    from hydra_assets.domain.storage import StorageLayout
+    from hydra_assets.embedding_index import index_score_tables
+    from hydra_assets.settings import SETTINGS
+
+    try:
+        with _store() as resources, resources.embeddings.session() as session:
+            report = index_score_tables(StorageLayout(Path(SETTINGS.storage_root)), session)
+    except EmbeddingStoreError as error:
+        print(str(error), file=sys.stderr)
+        return 1
+    for problem in report.problems:
+        print(problem, file=sys.stderr)
+    print(f"{report.images} images from {report.tables} score tables into {session.location}; "
+          f"{report.skipped} without a usable vector skipped")
+    return 1 if report.problems else 0
+
+
+def similar(args: argparse.Namespace) -> int:
     from hydra_assets.domain.embeddings import EmbeddingStoreError
 
     if args.limit < 1:
