@@ -10,7 +10,9 @@ import dagster as dg
 
 from dagster_k8s import k8s_job_executor
 
+from hydra_assets.chapters import CHAPTER_ASSETS
 from hydra_assets.domain import embeddings as embedding_contract
+from hydra_assets.domain.chapters import chapters_folder
 from hydra_assets.generation import generated_images
 from hydra_assets.lora import queen_lora
 from hydra_assets.quality import QUALITY_ASSETS
@@ -21,9 +23,11 @@ from hydra_assets.voice import voice_lines
 from jobs import ALL_JOBS
 from resources.alerts import WebhookNotifier
 from resources.catalog import CatalogResource
+from resources.chapters import ChapterScripts
 from resources.embeddings import EmbeddingStore
 from resources.face import DlibFaceBackend, InsightFaceBackend
-from resources.image_generation import ComfyUIBackend, DemoRenderer
+from resources.image import ComfyUIBackend, DemoRenderer
+from resources.llm import llm_resources
 from resources.lora_training import LoraTrainer
 from resources.metrics import MetricsPusher
 from resources.scoring import ClassicalTechnical, ImageStatsAestheticProxy, LaionAesthetic, Musiq
@@ -31,11 +35,13 @@ from resources.storage import HydraStorage
 from resources.voice import EspeakBackend, GptSovitsBackend
 from sensors import (
     build_lora_ready_sensor,
+    build_chapters_sensor,
     build_low_approval_sensor,
     build_overnight_schedule,
-    build_report_after_overnight_sensor,
+    build_report_automation_sensor,
     build_roster_sensor,
     build_run_failure_sensor,
+    chapter_index,
     roster_index,
 )
 
@@ -48,6 +54,8 @@ ASSETS = [
     generated_images,
     *QUALITY_ASSETS,
     voice_lines,
+    chapter_index,
+    *CHAPTER_ASSETS,
 ]
 
 
@@ -62,16 +70,20 @@ def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
         # A tiny diffusion model built in code: the real training loop, on CPU, in seconds.
         "lora_trainer": LoraTrainer(base_model="tiny", max_steps=50, max_resolution=64, batch_size=2, cpu_threads=1),
         "image_backend": DemoRenderer(),
+        **llm_resources(),  # embedded: template prompts, the writer's lines
         "aesthetic": ImageStatsAestheticProxy(),
         "technical": ClassicalTechnical(),
         "voice": EspeakBackend(),
-        # qdrant-client's local mode in a folder under the storage root; sizes of dlib and the tiny-image embedding
+        # qdrant-client's local mode in a folder under the storage root (a server when HYDRA_QDRANT_URL is set);
+        # sizes of dlib and the tiny-image embedding
         "embeddings": EmbeddingStore(
             path=str(Path(settings.storage_root) / "qdrant"),
+            url=settings.qdrant_url,
             face_size=embedding_contract.DLIB_FACE_SIZE,
             style_size=embedding_contract.TINY_IMAGE_SIZE,
             visual_size=embedding_contract.TINY_IMAGE_SIZE,
         ),
+        "chapter_scripts": ChapterScripts(chapters_dir=chapters_folder(settings)),
     }
 
 
@@ -91,7 +103,8 @@ def cluster_resources() -> dict[str, Any]:
             gradient_checkpointing=True,
             log_every=50,
         ),
-        "image_backend": ComfyUIBackend(base_url=dg.EnvVar("HYDRA_COMFYUI_URL")),
+        "image_backend": ComfyUIBackend(base_url=dg.EnvVar("HYDRA_COMFYUI_URL"), workflows_dir=SETTINGS.workflows_dir),
+        **llm_resources(dg.EnvVar("HYDRA_LLM_BASE_URL"), model=dg.EnvVar("HYDRA_LLM_MODEL"), api_key=dg.EnvVar("HYDRA_LLM_API_KEY")),
         "aesthetic": LaionAesthetic(
             clip_checkpoint_path=dg.EnvVar("HYDRA_CLIP_CHECKPOINT"), mlp_path=dg.EnvVar("HYDRA_LAION_MLP")
         ),
@@ -104,6 +117,7 @@ def cluster_resources() -> dict[str, Any]:
             style_size=embedding_contract.CLIP_VIT_L14_SIZE,
             visual_size=embedding_contract.CLIP_VIT_L14_SIZE,
         ),
+        "chapter_scripts": ChapterScripts(chapters_dir=dg.EnvVar("HYDRA_CHAPTERS_DIR")),
     }
 
 
@@ -124,9 +138,10 @@ def build_definitions(resources: Mapping[str, Any], *, env: str = "local") -> dg
         sensors=[
             build_roster_sensor(sensor_status),
             build_lora_ready_sensor(sensor_status),
-            build_report_after_overnight_sensor(sensor_status),
+            build_report_automation_sensor(sensor_status),
             build_low_approval_sensor(sensor_status),
             build_run_failure_sensor(sensor_status),
+            build_chapters_sensor(sensor_status),
         ],
         resources=dict(resources),
         executor=EXECUTOR_BY_ENV[env],

@@ -16,19 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HASH_CHUNK = 1 << 20
-
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
+    """The file's sha256 (hex), read in the standard library's own buffered loop."""
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(HASH_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 @contextmanager
@@ -127,6 +123,14 @@ class StorageLayout:
 
     def report_path(self, night: str) -> Path:
         return self.overnight(night) / "report.md"
+
+    def contact_sheets_dir(self, night: str) -> Path:
+        """``{slug}-{approved|rejected}-{type}.png`` for every queen of the night (approved_images)."""
+        return self.overnight(night) / "contact_sheets"
+
+    def rejection_reasons_path(self, night: str, slug: str) -> Path:
+        """Why each image in ``rejected/{slug}/`` was rejected (approved_images)."""
+        return self.overnight(night) / "rejected" / slug / "reasons.json"
 
     def approved_images(self, slug: str, asset_type_folder: str) -> Path:
         return self.root / "assets" / "images" / "queens" / slug / asset_type_folder
