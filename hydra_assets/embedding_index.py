@@ -42,3 +42,22 @@ def index_score_tables(layout: StorageLayout, session) -> IndexReport:
         report.images += session.upsert_images(records)
         report.tables += 1
     return report
+
+
+def store_scored_images(
+    session, rows: list[dict], queen_slug: str, queen_name: str | None, tier: str | None, created_at: str
+) -> tuple[int, int]:
+    """One partition's score rows into the store: every image's ``visual`` vector and payload, and the
+    ``style`` vector of each approved image in ``queen_embeddings`` (an image no longer approved loses
+    its style point). Returns (images, style vectors)."""
+    records = contract.image_records(rows)
+    images = session.upsert_images(records)
+    styles = [
+        contract.QueenVectorRecord(queen_slug, "generated", r.image_id, {contract.STYLE: r.vector}, created_at,
+                                   queen_name=queen_name, tier=tier)
+        for r in records
+        if r.approved
+    ]
+    withdrawn = [contract.queen_point_id(queen_slug, "generated", r.image_id) for r in records if not r.approved]
+    session.delete_queen_vectors(withdrawn)
+    return images, session.upsert_queen_vectors(styles)
