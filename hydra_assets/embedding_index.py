@@ -61,3 +61,15 @@ def store_scored_images(
     withdrawn = [contract.queen_point_id(queen_slug, "generated", r.image_id) for r in records if not r.approved]
     session.delete_queen_vectors(withdrawn)
     return images, session.upsert_queen_vectors(styles)
+
+
+def store_reference_faces(
+    session, queen_slug: str, faces: dict[str, object], created_at: str, queen_name: str | None, tier: str | None
+) -> int:
+    """The queen's reference ``face`` vectors (reference file → vector) become exactly these points."""
+    records = [
+        contract.QueenVectorRecord(queen_slug, "reference", name, {contract.FACE: vector}, created_at,
+                                   queen_name=queen_name, tier=tier)
+        for name, vector in faces.items()
+    ]
+    return session.replace_queen_vectors(queen_slug, "reference", records)
