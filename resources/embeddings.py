@@ -277,12 +277,13 @@ class EmbeddingSession:
             with self._calls(f"deleting {len(point_ids)} points from {contract.QUEEN_EMBEDDINGS}"):
                 self.client.delete(contract.QUEEN_EMBEDDINGS, points_selector=_models().PointIdsList(points=list(point_ids)), wait=True)
 
-    def _scroll(self, collection: str, query_filter: Any) -> list[Any]:
+    def _scroll(self, collection: str, query_filter: Any, *, with_payload: Any = False, with_vectors: Any = False) -> list[Any]:
+        """Every point matching ``query_filter``, page by page."""
         found, offset = [], None
         while True:
             with self._calls(f"reading {collection}"):
                 points, offset = self.client.scroll(collection, scroll_filter=query_filter, limit=SCROLL_PAGE, offset=offset,
-                                                    with_payload=False, with_vectors=False)
+                                                    with_payload=with_payload, with_vectors=with_vectors)
             found.extend(points)
             if offset is None:
                 return found
@@ -389,17 +390,11 @@ class EmbeddingSession:
     def scan(self, query_filter: Any, payload_fields: Sequence[str] | None = None) -> list[SimilarImage]:
         """Every point matching ``query_filter``, with its ``visual`` vector (paged scroll);
         ``payload_fields`` limits the payload read (None: all of it)."""
-        found: list[SimilarImage] = []
-        offset = None
-        while True:
-            with self._calls(f"reading {contract.GENERATED_IMAGES}"):
-                points, offset = self.client.scroll(
-                    contract.GENERATED_IMAGES, scroll_filter=query_filter, limit=SCROLL_PAGE, offset=offset,
-                    with_payload=True if payload_fields is None else list(payload_fields), with_vectors=[contract.VISUAL],
-                )
-            found.extend(_hit(point, 0.0) for point in points)
-            if offset is None:
-                return found
+        points = self._scroll(
+            contract.GENERATED_IMAGES, query_filter, with_vectors=[contract.VISUAL],
+            with_payload=True if payload_fields is None else list(payload_fields),
+        )
+        return [_hit(point, 0.0) for point in points]
 
 
 def image_filter(
