@@ -272,10 +272,10 @@ def test_an_unreachable_server_is_named_within_the_timeout():
     assert time.monotonic() - started < 10
 
 
-def run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+def run_cli(tmp_path: Path, *args: str, command: str = "similar") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_STORAGE_ROOT": str(tmp_path / "storage"),
            "HYDRA_ROSTER_DIR": str(tmp_path / "roster"), "HYDRA_ENV": "local", "DAGSTER_HOME": str(tmp_path)}
-    return subprocess.run([sys.executable, "-m", "hydra_assets.cli", "similar", *args], env=env, cwd=tmp_path,
+    return subprocess.run([sys.executable, "-m", "hydra_assets.cli", command, *args], env=env, cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
 
 
@@ -371,3 +371,8 @@ def test_reindex_fills_the_store_from_the_score_tables_and_reports_a_bad_one(tmp
         assert session.count("generated_images") == 2 and session.count("generated_images", approved=False) == 1
     assert (report.tables, report.images, report.skipped) == (1, 2, 1) == (again.tables, again.images, again.skipped)
     assert len(report.problems) == 1 and str(broken) in report.problems[0]
+    broken.unlink()
+    # the local profile's store ({storage}/qdrant) takes 1024-d vectors: these 16-d ones are skipped, not written
+    fresh = run_cli(tmp_path, command="reindex-embeddings")
+    assert fresh.returncode == 0, fresh.stderr
+    assert "0 images from 1 score tables" in fresh.stdout and "3 without a usable vector skipped" in fresh.stdout
