@@ -86,7 +86,10 @@ class EmbeddingStore(dg.ConfigurableResource):
         if self.url:
             from qdrant_client import QdrantClient
 
-            client = QdrantClient(url=self.url, api_key=self.api_key or None, timeout=self.timeout_s)
+            try:
+                client = QdrantClient(url=self.url, api_key=self.api_key or None, timeout=self.timeout_s)
+            except Exception as exc:  # a malformed URL or option: name it
+                raise EmbeddingStoreError(f"embedding store {self.url}: cannot make a client: {type(exc).__name__}: {exc}") from exc
             try:
                 session = EmbeddingSession(client, self.sizes, self.url, local=False)
                 session.ensure_collections()
