@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from hydra_assets import embeddings_cli
 from hydra_assets.settings import SETTINGS
 
 DEMO_STAGE_JOBS = ("queen_reference_job", "queen_lora_job", "overnight_job", "queen_voice_job")
@@ -206,7 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     review = commands.add_parser("review", help="serve the morning review of the nights' images (HYDRA_* settings)")
     review.add_argument("--host", default="127.0.0.1")
     review.add_argument("--port", type=int, default=3100)
+    embeddings_cli.add_parsers(commands)
     args = parser.parse_args(argv)
+    if args.command in embeddings_cli.COMMANDS:
+        return embeddings_cli.run(args)
     if args.command == "review":
         return _run_review(args.host, args.port)
     if args.command == "demo-data":

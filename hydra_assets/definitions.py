@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -11,6 +12,7 @@ from dagster_k8s import k8s_job_executor
 
 from hydra_assets.chapters import CHAPTER_ASSETS
 from hydra_assets.chapters.dialogue import build_chapter_dialogue, chapter_dialogue
+from hydra_assets.domain import embeddings as embedding_contract
 from hydra_assets.generation import generated_images
 from hydra_assets.lora import queen_lora
 from hydra_assets.quality import QUALITY_ASSETS
@@ -22,6 +24,7 @@ from jobs import ALL_JOBS
 from resources.alerts import WebhookNotifier
 from resources.catalog import CatalogResource
 from resources.chapters import ChapterScripts
+from resources.embeddings import EmbeddingStore
 from resources.face import DlibFaceBackend, InsightFaceBackend
 from resources.image import ComfyUIBackend, DemoRenderer
 from resources.llm import llm_resources
@@ -71,6 +74,15 @@ def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
         "aesthetic": ImageStatsAestheticProxy(),
         "technical": ClassicalTechnical(),
         "voice": EspeakBackend(loudness_target_lufs=settings.loudness_target_lufs),
+        # qdrant-client's local mode in a folder under the storage root (a server when HYDRA_QDRANT_URL is set);
+        # sizes of dlib and the tiny-image embedding
+        "embeddings": EmbeddingStore(
+            path=str(Path(settings.storage_root) / "qdrant"),
+            url=settings.qdrant_url,
+            face_size=embedding_contract.DLIB_FACE_SIZE,
+            style_size=embedding_contract.TINY_IMAGE_SIZE,
+            visual_size=embedding_contract.TINY_IMAGE_SIZE,
+        ),
         "chapter_scripts": ChapterScripts(chapters_dir=settings.chapters_dir),
     }
 
@@ -98,6 +110,13 @@ def cluster_resources() -> dict[str, Any]:
         ),
         "technical": Musiq(model_path=dg.EnvVar("HYDRA_MUSIQ_WEIGHTS")),
         "voice": GptSovitsBackend(url=dg.EnvVar("HYDRA_GPT_SOVITS_URL"), loudness_target_lufs=SETTINGS.loudness_target_lufs),
+        "embeddings": EmbeddingStore(
+            url=dg.EnvVar("HYDRA_QDRANT_URL"),
+            api_key=dg.EnvVar("HYDRA_QDRANT_API_KEY"),
+            face_size=embedding_contract.INSIGHTFACE_SIZE,
+            style_size=embedding_contract.CLIP_VIT_L14_SIZE,
+            visual_size=embedding_contract.CLIP_VIT_L14_SIZE,
+        ),
         "chapter_scripts": ChapterScripts(chapters_dir=dg.EnvVar("HYDRA_CHAPTERS_DIR")),
     }
 

@@ -2,6 +2,7 @@
 
 
 import io
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -9,11 +10,15 @@ import numpy as np
 from PIL import Image
 
 from hydra_assets.domain import images
+from hydra_assets.domain.embeddings import EmbeddingStoreError
 from hydra_assets.domain.identity import summarize_identity
+from hydra_assets.domain.roster import RosterError
 from hydra_assets.domain.storage import atomic_write_bytes, atomic_write_json, read_json
 from hydra_assets.metadata import CONTACT_SHEET_LIMIT, png_preview, table
+from hydra_assets.embedding_index import store_reference_faces
 from hydra_assets.partitions import queens_partitions
 from resources.catalog import CatalogResource
+from resources.embeddings import EmbeddingStore
 from resources.face import FaceBackend
 from resources.storage import HydraStorage
 
@@ -90,6 +95,7 @@ def reference_identity(
     storage: HydraStorage,
     face: FaceBackend,
     catalog: CatalogResource,
+    embeddings: EmbeddingStore,
 ):
     slug = context.partition_key
     layout = storage.layout
@@ -125,6 +131,7 @@ def reference_identity(
         )
         atomic_write_bytes(out / "identity.npz", buffer.getvalue())
     atomic_write_json(out / "identity.json", document)
+    face_vectors = _store_faces(context, storage, embeddings, slug, dict(zip(names, [f.embedding if f else None for f in faces])))
 
     passed = len(summary.with_face) >= config.min_faces
     if passed:
@@ -136,6 +143,7 @@ def reference_identity(
             "off_identity": dg.MetadataValue.json(summary.off_identity),
             "spread": summary.spread,
             "backend": face.backend_name(),
+            "face_vectors_stored": face_vectors,
             "similarity_to_mean": table(
                 [{"reference": k, "similarity": round(v, 3)} for k, v in summary.similarity_to_mean.items()],
                 {"reference": "string", "similarity": "float"},
@@ -155,3 +163,21 @@ def reference_identity(
             )
         ],
     )
+
+
+def _store_faces(context, storage: HydraStorage, embeddings: EmbeddingStore, slug: str, by_name: dict) -> int:
+    """The references' face vectors into the store's queen_embeddings. The identity files are the
+    pipeline's source of truth, so a store that cannot take them is a warning, not a failed step
+    (re-materialize to fill it); returns how many were stored."""
+    faces = {name: vector for name, vector in by_name.items() if vector is not None}
+    try:
+        queen = storage.load_queen(slug)
+        name, tier = queen.name, str(getattr(queen.tier, "value", queen.tier))
+    except (RosterError, OSError):
+        name, tier = None, None
+    try:
+        with embeddings.session() as store:
+            return store_reference_faces(store, slug, faces, datetime.now(UTC).isoformat(), name, tier)
+    except EmbeddingStoreError as error:
+        context.log.warning(f"{slug}: reference face vectors not stored: {error}")
+        return 0

@@ -20,7 +20,9 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from hydra_assets.domain import contact_sheets
+from hydra_assets.domain import contact_sheets, quality
+from hydra_assets.domain import embeddings as embedding_contract
+from hydra_assets.domain import score_table
 from hydra_assets.domain.demo_data import write_demo_data
 from hydra_assets.domain.overrides import parse_overrides
 from hydra_assets.domain.publishing import publish_file
@@ -28,7 +30,9 @@ from hydra_assets.domain.roster import load_queen
 from hydra_assets.domain.storage import StorageLayout, atomic_write_json, sha256_file
 from hydra_assets.partitions import QUEENS, queen_night_key
 from hydra_assets.quality import approved_images, image_scores, quality_report
+from hydra_assets.quality.scoring import prior_approved
 from resources.catalog import CatalogResource
+from resources.embeddings import EmbeddingStore
 from resources.face import DlibFaceBackend
 from resources.metrics import MetricsPusher
 from resources.scoring import ClassicalTechnical, ImageStatsAestheticProxy
@@ -143,6 +147,10 @@ def quality_resources(root: Path) -> dict:
         "aesthetic": ImageStatsAestheticProxy(),
         "technical": ClassicalTechnical(),
         "metrics": MetricsPusher(),
+        "embeddings": EmbeddingStore(
+            path=str(root / "storage" / "qdrant"), face_size=embedding_contract.DLIB_FACE_SIZE,
+            style_size=embedding_contract.TINY_IMAGE_SIZE, visual_size=embedding_contract.TINY_IMAGE_SIZE,
+        ),
     }
 
 
@@ -401,6 +409,46 @@ def test_an_image_already_approved_on_an_earlier_night_is_a_near_duplicate(night
     first = scores.loc[image_id("portrait-000", NEXT_NIGHT)]
     assert (first["rejection_reason"], first["near_duplicate_of"]) == ("near_duplicate", kept)
     assert scores.loc[image_id("pose-000", NEXT_NIGHT), "approved"]
+
+    # the decisions the gate made from the store are those of the old scan of every earlier score table
+    queen = load_queen(layout.root.parent / "roster" / f"{SLUG}.yaml")
+    frame = pd.read_parquet(layout.scores_path(NEXT_NIGHT, SLUG))
+    prior, prior_ids = prior_approved(layout, SLUG, NEXT_NIGHT, ImageStatsAestheticProxy().embedding_name())
+    assert kept in prior_ids
+    before = quality.decide(frame, score_table.embedding_matrix(frame["embedding"]),
+                            quality.Thresholds.from_generation_config(queen.generation_config),
+                            ImageStatsAestheticProxy.near_duplicate_cosine, prior_embeddings=prior, prior_ids=prior_ids)
+    assert before.approved == frame["approved"].tolist()
+    assert before.rejection_reason == [r if isinstance(r, str) else None for r in frame["rejection_reason"]]
+    assert before.near_duplicate_of == [r if isinstance(r, str) else None for r in frame["near_duplicate_of"]]
+
+
+def test_scoring_a_night_fills_the_embedding_store(night):
+    """Every scored image's visual vector with its decision, and the approved ones' style vectors."""
+    layout: StorageLayout = night["layout"]
+    scores = pd.read_parquet(layout.scores_path(NIGHT, SLUG))
+    with_vector = scores[[score_table.has_vector(v) for v in scores["embedding"]]]
+    with night["resources"]["embeddings"].session() as session:
+        assert session.count("generated_images") == len(with_vector) > 0
+        assert session.count("generated_images", approved=True) == int(with_vector["approved"].sum()) > 0
+        assert session.count("queen_embeddings", embedding_type="generated") == int(with_vector["approved"].sum())
+        row = with_vector.iloc[0]
+        stored = session.image(row["image_id"], with_vector=True)
+    assert stored.payload["file_path"] == row["file_path"] and stored.payload["night"] == NIGHT
+    assert stored.payload["aesthetic_score"] == pytest.approx(row["aesthetic_score"])
+    assert np.allclose(np.asarray(stored.vector), row["embedding"] / np.linalg.norm(row["embedding"]), atol=1e-6)
+
+
+def test_an_embedding_store_that_cannot_be_opened_fails_the_step_by_name(night, tmp_path):
+    """A store of another size is refused (nothing mixes), and the step names it."""
+    resources = {**night["resources"], "embeddings": EmbeddingStore(
+        path=str(night["layout"].root / "qdrant"), face_size=128, style_size=1024, visual_size=768, lock_timeout_s=5)}
+    result = dg.materialize([image_scores], partition_key=queen_night_key(SLUG, NIGHT), resources=resources,
+                            instance=night["instance"], raise_on_error=False)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.event_specific_data.error.message
+    assert "collection 'generated_images'" in message and "size 1024" in message and "makes 768" in message
 
 
 @pytest.mark.parametrize("breakage", ["entry outside the folder", "stale out-of-range score"])

@@ -11,7 +11,8 @@ import sqlalchemy as sa
 
 from hydra_assets.domain.demo_data import write_demo_data
 from hydra_assets.partitions import QUEENS
-from tests.helpers import hydra_definitions
+from hydra_assets.definitions import local_resources
+from tests.helpers import hydra_definitions, temp_settings
 
 DEMO_SLUGS = ["ada-marlowe", "nova-sterling"]
 
@@ -37,6 +38,13 @@ def assert_reference_outputs(tmp_path: Path, catalog_url: str) -> None:
         assert identity["no_face"] == ["full_body/backdrop.png"]
         assert identity["faces"] == 6 and identity["off_identity"] == []
         assert identity["spread"] >= 0.7
+    with local_resources(temp_settings(tmp_path))["embeddings"].session() as store:
+        for slug in DEMO_SLUGS:  # the six references with a face, as face vectors of the queen
+            assert store.count("queen_embeddings", queen_slug=slug, embedding_type="reference") == 6
+        points, _ = store.client.scroll("queen_embeddings", with_vectors=True, limit=100)
+    assert {p.payload["source_file"] for p in points if p.payload["queen_slug"] == "nova-sterling"} == set(
+        identity["with_face"])
+    assert all(len(p.vector["face"]) == 128 and p.payload["queen_name"] and p.payload["tier"] for p in points)
     engine = sa.create_engine(catalog_url)
     with engine.connect() as connection:
         rows = connection.execute(sa.text("select slug, status from queens order by slug")).all()

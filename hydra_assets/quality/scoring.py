@@ -2,7 +2,9 @@
 
 It reads the partition manifest that generated_images writes
 (``overnight/{night}/generated/{slug}/manifest.json``), scores the images with the configured
-backends, gates them and records the result (parquet + catalog).
+backends, gates them and records the result (parquet + catalog + embedding store). The
+near-duplicate gate compares tonight's images with the queen's approved images of earlier nights
+as the embedding store finds them.
 """
 
 import io
@@ -21,7 +23,9 @@ from hydra_assets.domain import images as image_files
 from hydra_assets.domain import quality
 from hydra_assets.domain import score_table as table
 from hydra_assets.domain.quality_report import group_summary
+from hydra_assets.domain.embeddings import EmbeddingStoreError
 from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, sha256_file
+from hydra_assets.embedding_index import store_scored_images
 from hydra_assets.failures import load_queen
 from hydra_assets.gpu import gpu_asset_kwargs
 from hydra_assets.metadata import table as ui_table
@@ -31,6 +35,7 @@ from hydra_assets.quality.inputs import read_generated_manifest, read_scores
 from hydra_assets.review.links import partition_review_url
 from hydra_assets.settings import SETTINGS
 from resources.catalog import CatalogResource
+from resources.embeddings import EmbeddingStore
 from resources.face import FaceBackend
 from resources.scoring import AestheticScorer, TechnicalScorer
 from resources.storage import HydraStorage
@@ -56,7 +61,9 @@ def load_identity(layout: StorageLayout, slug: str) -> tuple[np.ndarray, str]:
 
 
 def prior_approved(layout: StorageLayout, slug: str, night: str, embedding_model: str) -> tuple[np.ndarray | None, list[str]]:
-    """Embeddings of the queen's images approved on earlier nights, in the same embedding space."""
+    """Embeddings of the queen's images approved on earlier nights, in the same embedding space, from
+    every earlier night's score table: how the gate found them before the embedding store (kept as
+    the reference the store's answers are tested and benchmarked against)."""
     vectors: list[np.ndarray] = []
     ids: list[str] = []
     for path in sorted(layout.root.glob(f"overnight/*/scores/{slug}.parquet")):
@@ -227,6 +234,7 @@ def image_scores(
     face: FaceBackend,
     aesthetic: AestheticScorer,
     technical: TechnicalScorer,
+    embeddings: EmbeddingStore,
 ):
     slug, night = queen_and_night(context.partition_key)
     layout = storage.layout
@@ -264,24 +272,35 @@ def image_scores(
     frame[quality.COMPOSITE] = quality.composite_score(
         frame[quality.AESTHETIC].astype(float), frame[quality.TECHNICAL].astype(float), frame[quality.FACE_MATCH].astype(float)
     )
-    prior_vectors, prior_ids = prior_approved(layout, slug, night, aesthetic.embedding_name())
-    decisions = quality.decide(
-        frame,
-        table.embedding_matrix(frame["embedding"]),
-        thresholds,
-        aesthetic.near_duplicate_cosine,
-        prior_embeddings=prior_vectors,
-        prior_ids=prior_ids,
-        overrides=overrides,
-    )
-    for image_id in decisions.unknown_overrides:
-        context.log.warning(f"{overrides_path}: {image_id} is not an image of {slug} on {night}; ignored")
-    frame = _with_decisions(frame, decisions, previous_by_id)
+    tonight = [np.asarray(v, dtype=np.float32) for v in frame["embedding"] if table.has_vector(v)]
+    try:
+        with embeddings.session() as store:
+            prior_vectors, prior_ids = (
+                store.nearest_prior_approved(np.stack(tonight), slug, night, aesthetic.embedding_name()) if tonight else (None, [])
+            )
+            decisions = quality.decide(
+                frame,
+                table.embedding_matrix(frame["embedding"]),
+                thresholds,
+                aesthetic.near_duplicate_cosine,
+                prior_embeddings=prior_vectors,
+                prior_ids=prior_ids,
+                overrides=overrides,
+            )
+            for image_id in decisions.unknown_overrides:
+                context.log.warning(f"{overrides_path}: {image_id} is not an image of {slug} on {night}; ignored")
+            frame = _with_decisions(frame, decisions, previous_by_id)
 
-    buffer = io.BytesIO()
-    frame.to_parquet(buffer, index=False)
-    atomic_write_bytes(scores_path, buffer.getvalue())
-    written = catalog.upsert_generated_assets(slug, (table.catalog_row(r) for r in frame.to_dict("records")))
+            buffer = io.BytesIO()
+            frame.to_parquet(buffer, index=False)
+            atomic_write_bytes(scores_path, buffer.getvalue())
+            records = frame.to_dict("records")
+            written = catalog.upsert_generated_assets(slug, (table.catalog_row(r) for r in records))
+            stored, styles = store_scored_images(
+                store, records, slug, queen.name, str(getattr(queen.tier, "value", queen.tier)), datetime.now(UTC).isoformat()
+            )
+    except EmbeddingStoreError as error:
+        raise dg.Failure(description=f"{slug} {night}: {error}", metadata={"embedding_store": embeddings.location}) from error
 
     summary = group_summary(frame)
     return dg.MaterializeResult(
@@ -300,6 +319,7 @@ def image_scores(
             "manual_overrides": len(overrides) - len(decisions.unknown_overrides),
             "unknown_overrides": dg.MetadataValue.json(decisions.unknown_overrides),
             "catalog_rows": written,
+            "embedding_store": dg.MetadataValue.json({"images": stored, "style_vectors": styles, "prior_matches": len(prior_ids)}),
             "scores": ui_table(_display_rows(frame), SCORES_TABLE_COLUMNS),
             "scores_file": dg.MetadataValue.path(str(scores_path)),
             "review": dg.MetadataValue.url(partition_review_url(SETTINGS.review_url, night, slug)),
