@@ -9,6 +9,7 @@ quality_check, approved_images completed (approved / rejected).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+import platform
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,6 +18,7 @@ from pydantic import Field
 
 from hydra_assets.domain import generation_tasks as tasks
 from hydra_assets.run_tags import TASK_TAG
+from hydra_assets.settings import SETTINGS
 from resources.catalog import CatalogResource
 
 
@@ -46,7 +48,10 @@ def task_images(entries: Iterable[Mapping[str, Any]], task_id: int) -> list[Mapp
 
 
 def mark_running(catalog: CatalogResource, task: GenerationTaskRun, context: dg.AssetExecutionContext) -> None:
-    catalog.update_task(task.task_id, status="running", started_at=datetime.now(UTC), total_count=task.count)
+    """Running, on this host; on the cluster the run's Kubernetes job (K8sRunLauncher's ``dagster-run-{run id}``)."""
+    job = f"dagster-run-{context.run_id}" if SETTINGS.env == "cluster" else None
+    catalog.update_task(task.task_id, status="running", started_at=datetime.now(UTC), total_count=task.count,
+                        assigned_node=platform.node(), k8s_job_name=job)
     context.log.info(f"generation task {task.task_id}: {task.count} {task.asset_type} images")
 
 

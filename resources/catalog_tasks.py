@@ -94,7 +94,7 @@ class GenerationTaskCatalog:
         A task already completed, failed or cancelled is left as it is (a late stage of an
         old run must not reopen it); moving to a final status stamps ``completed_at``.
         """
-        allowed = {*COUNT_COLUMNS, "started_at", "completed_at", "last_error", "k8s_job_name", "assigned_gpu"}
+        allowed = {*COUNT_COLUMNS, "started_at", "completed_at", "last_error", "k8s_job_name", "assigned_node", "assigned_gpu"}
         unknown = sorted(set(values) - allowed)
         if unknown:
             raise ValueError(f"generation_tasks: not columns a stage may set: {', '.join(unknown)}")
