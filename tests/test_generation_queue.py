@@ -157,6 +157,36 @@ def test_a_row_the_control_plane_inserted_badly_is_failed_not_run(tmp_path, rost
     catalog.dispose()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_two_sensor_ticks_racing_request_one_run_key(backend, request, tmp_path, roster):
+    url = f"sqlite:///{tmp_path / 'catalog.db'}" if backend == "sqlite" else request.getfixturevalue("postgres_database_url")
+    catalog = catalog_with_queen(url, roster)
+    task_id = catalog.create_task(tasks.validate_request(
+        queen=SLUG, roster_slugs=[SLUG], priority="critical",
+        config={"asset_type": "expression", "count": 2, "prompt_addition": "soft light", "steps": 12}))
+    requested: list[dg.RunRequest] = []
+    start = threading.Barrier(2)
+    with dg.instance_for_test() as instance:
+        def tick() -> None:
+            other = CatalogResource(url=url)
+            start.wait()
+            requested.extend(evaluate_queue(instance, other, {SLUG}, dt.datetime.now(dt.UTC), dg.get_dagster_logger()))
+            other.dispose()
+
+        threads = [threading.Thread(target=tick) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    assert requested and {r.run_key for r in requested} == {f"generation-task-{task_id}-attempt-0"}
+    run_request = requested[0]
+    assert run_request.tags["dagster/priority"] == "1000" and run_request.tags[TASK_TAG] == str(task_id)
+    assert run_request.run_config == {"ops": {"generated_images": {"config": {
+        "task": {"task_id": task_id, "asset_type": "expression", "count": 2, "prompt_addition": "soft light"}, "steps": 12}}}}
+    assert catalog.task(task_id).status == "assigned"
+    catalog.dispose()
+
+
 # --- hydra request ---------------------------------------------------------------------------
 
 
