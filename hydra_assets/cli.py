@@ -193,6 +193,32 @@ def _run_review(host: str, port: int) -> int:
     return 0
 
 
+def _request(args: argparse.Namespace) -> int:
+    """Validate and queue one generation task; generation_task_sensor picks it up."""
+    from hydra_assets.domain.generation_tasks import TaskRequestError, validate_request
+    from hydra_assets.domain.roster import RosterError, roster_files, slug_for_file
+    from resources.catalog import CatalogResource
+    from resources.storage import HydraStorage
+
+    storage = HydraStorage(root=SETTINGS.storage_root, roster_dir=SETTINGS.roster_dir)
+    roster = [slug_for_file(p) for p in roster_files(Path(SETTINGS.roster_dir))]
+    config = {"asset_type": args.type, "count": args.count, "prompt_addition": args.prompt}
+    try:
+        request = validate_request(queen=args.queen, roster_slugs=roster, config=config, priority=args.priority, created_by=args.by)
+        queen = storage.load_queen(args.queen)
+    except (TaskRequestError, RosterError) as error:
+        print(f"hydra request refused: {error}", file=sys.stderr)
+        return 2
+    catalog = CatalogResource(url=SETTINGS.catalog_url)
+    try:
+        catalog.upsert_queen(queen)  # as queen_profile mirrors her; the task row refers to her catalog id
+        task_id = catalog.create_task(request)
+    finally:
+        catalog.dispose()
+    print(task_id)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hydra", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -207,10 +233,19 @@ def main(argv: list[str] | None = None) -> int:
     review = commands.add_parser("review", help="serve the morning review of the nights' images (HYDRA_* settings)")
     review.add_argument("--host", default="127.0.0.1")
     review.add_argument("--port", type=int, default=3100)
+    request = commands.add_parser("request", help="queue a generation task: images beyond the nightly targets")
+    request.add_argument("queen", help="the queen's slug (a roster file)")
+    request.add_argument("--type", required=True, help="asset type, e.g. expression")
+    request.add_argument("--count", type=int, required=True, help="images, 1-200")
+    request.add_argument("--prompt", default="", help="added to each image's prompt")
+    request.add_argument("--priority", default="normal", help="critical, high, normal, low or idle")
+    request.add_argument("--by", default="cli", help="who asks (created_by)")
     embeddings_cli.add_parsers(commands)
     args = parser.parse_args(argv)
     if args.command in embeddings_cli.COMMANDS:
         return embeddings_cli.run(args)
+    if args.command == "request":
+        return _request(args)
     if args.command == "review":
         return _run_review(args.host, args.port)
     if args.command == "demo-data":

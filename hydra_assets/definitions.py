@@ -36,6 +36,7 @@ from resources.voice import EspeakBackend, GptSovitsBackend, VoiceBackend
 from sensors import (
     build_lora_ready_sensor,
     build_chapters_sensor,
+    build_generation_task_sensor,
     build_low_approval_sensor,
     build_overnight_schedule,
     build_report_automation_sensor,
@@ -152,6 +153,7 @@ def build_definitions(resources: Mapping[str, Any], *, env: str = "local") -> dg
             build_low_approval_sensor(sensor_status),
             build_run_failure_sensor(sensor_status),
             build_chapters_sensor(sensor_status),
+            build_generation_task_sensor(sensor_status),
         ],
         resources=dict(resources),
         executor=EXECUTOR_BY_ENV[env],

@@ -21,16 +21,19 @@ from PIL import Image
 from pydantic import Field
 
 from hydra_assets.domain import generation as gen
+from hydra_assets.domain import generation_tasks as tasks
 from hydra_assets.domain import workflows as wf
 from hydra_assets.domain.images import contact_sheet
 from hydra_assets.domain.metrics import PipelineMetrics
 from hydra_assets.domain.roster import RosterError
 from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, atomic_write_json, read_json
+from hydra_assets.generation_tasks import GenerationTaskRun, mark_running, task_images
 from hydra_assets.gpu import gpu_asset_kwargs
 from hydra_assets.metadata import markdown_table, png_preview
 from hydra_assets.partitions import queen_nights_partitions
 from hydra_assets.review.links import partition_review_url
 from hydra_assets.settings import SETTINGS
+from resources.catalog import CatalogResource
 from resources.image import ImageBackend
 from resources.llm import PromptExpander
 from resources.metrics import MetricsPusher
@@ -58,6 +61,7 @@ class GenerationConfig(dg.Config):
     batch_size: int = Field(
         default=1, ge=1, le=16, description="Images per prompt (ComfyUI's hydra.size batch_size); each is kept as its own manifest line."
     )
+    task: GenerationTaskRun | None = Field(default=None, description="A generation task's images instead of the nightly targets.")
 
     def sampling(self) -> gen.Sampling:
         return gen.Sampling(self.steps, self.cfg, self.sampler, self.scheduler, self.width, self.height)
@@ -108,8 +112,12 @@ def generate_partition(
     header: dict[str, Any],
     backend: ImageBackend,
     log: Any = None,
+    task_id: int | None = None,
 ) -> PartitionRun:
-    """Reuse what is valid on disk, make the rest, and keep the manifest current after each image."""
+    """Reuse what is valid on disk, make the rest, and keep the manifest current after each image.
+
+    The plan is the nightly one (``task_id`` None) or one generation task's: images of the
+    partition outside that scope are carried over untouched."""
     log = log or logging.getLogger(__name__)
     manifest_path = Path(folder) / gen.MANIFEST_NAME
     try:
@@ -117,8 +125,10 @@ def generate_partition(
     except ValueError as exc:
         log.warning(str(exc))
         previous = None
+    previous, carried, header = tasks.scoped_manifest(previous, header, task_id)
     recorded = {entry.get("image_id"): entry for entry in (previous or {}).get("images", [])}
-    run = PartitionRun(gen.PartitionManifest(header, list(plan), superseded=gen.superseded_entries(previous, plan, folder)))
+    manifest = gen.PartitionManifest(header, list(plan), superseded=gen.superseded_entries(previous, plan, folder), carried=carried)
+    run = PartitionRun(manifest)
 
     todo = []
     for request in plan:
@@ -205,6 +215,7 @@ def generated_images(
     image_backend: ImageBackend,
     metrics: MetricsPusher,
     prompt_expander: PromptExpander,
+    catalog: CatalogResource,
 ):
     keys = queen_nights_partitions.get_partition_key_from_str(context.partition_key).keys_by_dimension
     slug, night = keys["queen"], keys["night"]
@@ -230,6 +241,9 @@ def generated_images(
     except ValueError as error:
         raise dg.Failure(f"generated_images config: {error}") from error
     counts = gen.nightly_counts(queen.generation_config.targets, asset_types, config.per_night_budget)
+    if task := config.task:
+        counts = {task.asset_type: task.count}
+        mark_running(catalog, task, context)
     generative = type(image_backend).generative
     by_type = gen.references_by_type(
         references.get("entries", []), layout.normalized_references(slug), list(counts), identity.get("no_face", [])
@@ -254,6 +268,8 @@ def generated_images(
     )
     expansions = prompt_expander.expand(gen.expansion_requests(plan), log=context.log, cache_dir=str(layout.root / "cache" / "prompt_expansion"))
     plan = gen.with_expansions(plan, expansions)
+    if task:
+        plan = tasks.task_plan(plan, task.task_id, task.prompt_addition)
     sources = Counter(e.source for e in expansions)
     header = {
         "queen": slug,
@@ -271,13 +287,15 @@ def generated_images(
     folder = layout.generated_dir(night, slug)
     context.log.info(f"{slug} × {night}: {len(plan)} images planned {counts} with {image_backend.backend_name()}")
     started = time.perf_counter()
-    run = generate_partition(plan, folder, header, image_backend, log=context.log)
+    run = generate_partition(plan, folder, header, image_backend, log=context.log, task_id=task.task_id if task else None)
     dashboard = PipelineMetrics()
     dashboard.generation_duration.labels("generation", slug).observe(time.perf_counter() - started)
     pushed = metrics.push(dashboard, {"queen": slug, "night": night, "task": "generation"})
 
     document = run.manifest.to_document()
     entries, failed = document["images"], document["failed"]
+    if task:
+        catalog.update_task(task.task_id, completed_count=len(task_images(entries, task.task_id)))
     failures = markdown_table(
         [{"image": f["image_id"], "error": f["error"][:300]} for f in failed], ["image", "error"]
     )

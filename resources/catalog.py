@@ -47,6 +47,7 @@ from resources.catalog_schema import (  # noqa: F401 - the schema's names, re-ex
     migration_config,
     upgrade_schema,
 )
+from resources.catalog_tasks import GenerationTaskCatalog
 
 _INSERTS = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
 """The dialects whose INSERT ... ON CONFLICT DO UPDATE the upserts rely on."""
@@ -113,8 +114,10 @@ def _unknown_queen(slug: str, table: str) -> LookupError:
     return LookupError(f"{table}: no queen {slug!r} in the catalog's queens table (upsert the queen first)")
 
 
-class CatalogResource(dg.ConfigurableResource):
-    """Read and write the catalog tables; the engine is created once per resource instance."""
+class CatalogResource(GenerationTaskCatalog, dg.ConfigurableResource):
+    """Read and write the catalog tables; the engine is created once per resource instance.
+
+    The generation queue's methods (create, claim, update tasks) are in ``resources/catalog_tasks.py``."""
 
     url: str = Field(description="SQLAlchemy URL, e.g. sqlite:////data/catalog.db or postgresql://user:pw@host/db")
     lock_timeout_seconds: float = Field(

@@ -25,6 +25,8 @@ VOICE_MODEL_TYPES = ("gpt-sovits", "kokoro", "xtts", "rvc", "espeak")
 VOICE_STATUSES = ("pending", "training", "ready", "failed")
 GRANULARITIES = ("hourly", "daily", "weekly")
 COUNTED_ASSET_TYPES = ("portrait", "expression", "pose", "voice_line")
+TASK_PRIORITIES = ("critical", "high", "normal", "low", "idle")
+TASK_STATUSES = ("queued", "assigned", "running", "quality_check", "completed", "failed", "cancelled")
 MIGRATIONS = Path(__file__).with_name("catalog_migrations")
 """Alembic's script folder, inside the package so an installed wheel carries it."""
 VERSION_TABLE = "hydra_catalog_version"
@@ -180,6 +182,38 @@ class QualityMetricRow(Base):
     score_distributions: Mapped[dict[str, Any] | None]
     rejection_breakdown: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=_utcnow)
+
+
+class GenerationTaskRow(Base):
+    """A request for images beyond the nightly targets (SPEC ``generation_tasks``; the generation queue)."""
+
+    __tablename__ = "generation_tasks"
+    __table_args__ = (
+        _one_of("priority", TASK_PRIORITIES),
+        _one_of("status", TASK_STATUSES),
+        sa.Index(None, "status", "queued_at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_type: Mapped[str] = mapped_column(sa.String(50))
+    priority: Mapped[str] = mapped_column(sa.String(10), default="normal")
+    queen_id: Mapped[int] = mapped_column(sa.ForeignKey("queens.id"))
+    config: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(sa.String(20), default="queued")
+    assigned_node: Mapped[str | None] = mapped_column(sa.String(200))
+    assigned_gpu: Mapped[str | None] = mapped_column(sa.String(100))
+    total_count: Mapped[int] = mapped_column(default=0)
+    completed_count: Mapped[int] = mapped_column(default=0)
+    approved_count: Mapped[int] = mapped_column(default=0)
+    rejected_count: Mapped[int] = mapped_column(default=0)
+    queued_at: Mapped[datetime] = mapped_column(default=_utcnow, comment="when it (re-)entered the queue; a retry's is after its back-off")
+    started_at: Mapped[datetime | None]
+    completed_at: Mapped[datetime | None]
+    retry_count: Mapped[int] = mapped_column(default=0)
+    max_retries: Mapped[int] = mapped_column(default=3)
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    created_by: Mapped[str | None] = mapped_column(sa.String(100))
+    k8s_job_name: Mapped[str | None] = mapped_column(sa.String(200))
 
 
 _QUALITY_METRICS_KEY = (

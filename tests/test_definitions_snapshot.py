@@ -233,6 +233,10 @@ EXPECTED = {
         "run_failure_sensor": {
             "kind": "RunStatusSensorDefinition",
             "status": "RUNNING"
+        },
+        "generation_task_sensor": {
+            "kind": "SensorDefinition",
+            "status": "RUNNING"
         }
     }
 }

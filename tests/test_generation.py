@@ -21,6 +21,7 @@ from hydra_assets.domain.storage import StorageLayout, atomic_write_json, sha256
 from hydra_assets.generation import CHECK_NAME, generate_partition, generated_images
 from hydra_assets.gpu import GPU_CLASS_LABEL, GPU_RESOURCE, K8S_CONFIG_TAG, WORKLOAD_TAG
 from hydra_assets.partitions import QUEENS, queen_night_key
+from resources.catalog import CatalogResource
 from resources.face import DlibFaceBackend
 from resources.image import (
     DEMO_RENDERER,
@@ -250,6 +251,7 @@ def _materialize(root: Path, instance, backend: ImageBackend, raise_on_error: bo
         "image_backend": backend,
         "metrics": MetricsPusher(),
         "prompt_expander": expander or TemplatePromptExpander(),
+        "catalog": CatalogResource(url=f"sqlite:///{root / 'catalog.db'}"),
     }
     return dg.materialize(
         [generated_images],

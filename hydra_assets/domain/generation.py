@@ -198,6 +198,9 @@ class PartitionManifest:
     images: dict[str, dict[str, Any]] = field(default_factory=dict)
     failed: dict[str, dict[str, Any]] = field(default_factory=dict)
     superseded: list[dict[str, Any]] = field(default_factory=list)
+    carried: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """Images and failures of the partition outside this plan's scope (the nightly run's, other
+    generation tasks'), kept as they were after the plan's own."""
 
     def record_image(self, entry: dict[str, Any]) -> None:
         self.images[entry["image_id"]] = entry
@@ -218,9 +221,10 @@ class PartitionManifest:
         order = sorted(known, key=position)
         return {
             **self.header,
-            "images": [self.images[i] for i in order if i in self.images],
-            "failed": [self.failed[i] for i in order if i in self.failed and i not in self.images],
-            "superseded": self.superseded,
+            "images": [self.images[i] for i in order if i in self.images] + self.carried.get("images", []),
+            "failed": [self.failed[i] for i in order if i in self.failed and i not in self.images]
+            + self.carried.get("failed", []),
+            "superseded": self.superseded + self.carried.get("superseded", []),
         }
 
 

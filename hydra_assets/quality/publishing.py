@@ -16,6 +16,7 @@ from hydra_assets.domain.review_files import write_review_files
 from hydra_assets.domain.roster import RosterError
 from hydra_assets.domain.score_table import decision_hash
 from hydra_assets.domain.storage import StorageLayout, sha256_file
+from hydra_assets.generation_tasks import mark_decided
 from hydra_assets.metadata import CONTACT_SHEET_LIMIT, png_preview, table
 from hydra_assets.partition_mappings import queen_and_night
 from hydra_assets.partitions import queen_nights_partitions
@@ -114,6 +115,7 @@ def approved_images(
         if asset_type != "voice_line"
     }
     catalog.set_queen_counts(slug, **counts)
+    mark_decided(catalog, context, scores.to_dict("records"))
 
     generated = len(scores)
     approved_count = int(scores["approved"].astype(bool).sum())

@@ -27,6 +27,7 @@ from hydra_assets.domain.embeddings import EmbeddingStoreError
 from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, sha256_file
 from hydra_assets.embedding_index import store_scored_images
 from hydra_assets.failures import load_queen
+from hydra_assets.generation_tasks import mark_quality_check
 from hydra_assets.gpu import gpu_asset_kwargs
 from hydra_assets.metadata import table as ui_table
 from hydra_assets.partition_mappings import BY_QUEEN, queen_and_night
@@ -239,6 +240,7 @@ def image_scores(
     slug, night = queen_and_night(context.partition_key)
     layout = storage.layout
     manifest = read_generated_manifest(layout, night, slug)
+    mark_quality_check(catalog, context)
     queen = load_queen(storage, slug)
     thresholds = quality.Thresholds.from_generation_config(queen.generation_config)
     identity, identity_hash = load_identity(layout, slug)
