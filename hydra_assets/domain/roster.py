@@ -13,8 +13,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hydra_assets.domain.safe_documents import DocumentError, load_yaml
 
 SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 """Lowercase letters, digits and single hyphens (SPEC: URL-safe, 1-100 chars)."""
@@ -221,14 +222,9 @@ def load_queen(path: Path) -> Queen:
     if not is_valid_slug(file_slug):
         raise RosterError(path, "slug", f"file name {file_slug!r} is not a valid slug ({SLUG_PATTERN}, 1-100 chars)")
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RosterError(path, "(document)", f"is not valid YAML{where}: {problem}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RosterError(path, "(document)", f"cannot be read: {exc}") from exc
+        document = load_yaml(path)
+    except DocumentError as exc:
+        raise RosterError(path, "(document)", exc.rule) from exc
     if not isinstance(document, dict):
         raise RosterError(path, "(document)", f"must be a mapping of fields, got {type(document).__name__}")
     try:

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra_assets.domain.safe_documents import load_json
+
 HASH_CHUNK = 1 << 20
 
 
@@ -71,10 +73,11 @@ def atomic_write_json(path: Path, document: Any) -> Path:
 
 
 def read_json(path: Path, default: Any = None) -> Any:
+    """The JSON document at ``path`` (``default`` when absent); a bad one raises DocumentError (a ValueError)."""
     path = Path(path)
     if not path.exists():
         return default
-    return json.loads(path.read_text(encoding="utf-8"))
+    return load_json(path)
 
 
 @dataclass(frozen=True)
