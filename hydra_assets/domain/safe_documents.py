@@ -161,8 +161,9 @@ def parse_yaml(text: str, path: Path | str) -> Any:
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc)
         raise DocumentError(path, f"is not valid YAML{_where(exc)}: {problem}") from exc
-    except (ValueError, TypeError, OverflowError, RecursionError, UnicodeError) as exc:
+    except (ValueError, TypeError, OverflowError, RecursionError, AttributeError, KeyError, IndexError) as exc:
         # SafeLoader's constructors raise these for values such as ``!!timestamp 2026-13-45``
+        # (ValueError) or an empty ``!!timestamp`` (AttributeError), found by the property tests
         raise DocumentError(path, f"has a value YAML cannot construct: {type(exc).__name__}: {exc}") from exc
 
 
