@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from hydra_assets.domain.input_folders import link_reason
 from hydra_assets.domain.safe_documents import DocumentError, load_yaml
 
 SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
@@ -225,14 +226,15 @@ def is_valid_slug(slug: str) -> bool:
 
 
 def roster_files(roster_dir: Path) -> list[Path]:
-    """Roster files, sorted; dialogue files (``{slug}.dialogue.yaml``) are not queens."""
+    """Roster files, sorted; dialogue files (``{slug}.dialogue.yaml``) are not queens. Links are
+    listed so that :func:`load_queen` refuses them with a reason (input_folders' rule)."""
     roster_dir = Path(roster_dir)
     if not roster_dir.is_dir():
         return []
     return sorted(
         p
         for p in roster_dir.iterdir()
-        if p.is_file() and p.name.endswith(ROSTER_SUFFIXES) and not p.name.endswith(DIALOGUE_SUFFIXES)
+        if (p.is_file() or p.is_symlink()) and p.name.endswith(ROSTER_SUFFIXES) and not p.name.endswith(DIALOGUE_SUFFIXES)
     )
 
 
@@ -266,6 +268,8 @@ def load_queen(path: Path) -> Queen:
     file_slug = slug_for_file(path)
     if not is_valid_slug(file_slug):
         raise RosterError(path, "slug", f"file name {file_slug!r} is not a valid slug ({SLUG_PATTERN}, 1-100 chars)")
+    if path.is_symlink():
+        raise RosterError(path, "(document)", link_reason(path, path.parent))
     try:
         document = load_yaml(path)
     except DocumentError as exc:

@@ -17,6 +17,8 @@ Every failure is a :class:`DocumentError` naming the file and the rule, never an
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +48,9 @@ def read_document_bytes(path: Path | str, *, max_bytes: int = MAX_DOCUMENT_BYTES
     """The file's bytes, refusing one over ``max_bytes`` without reading it all."""
     path = Path(path)
     try:
-        with open(path, "rb") as handle:
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as handle:  # a FIFO must not block
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise DocumentError(path, "is not a regular file: only plain files are read")
             data = handle.read(max_bytes + 1)
     except OSError as exc:
         raise DocumentError(path, f"cannot be read: {exc.strerror or exc}") from exc
