@@ -10,6 +10,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from hydra_assets.domain import lora as domain
+from hydra_assets.domain.damaged_files import DamagedFileError, identity_document, read_reference_manifest
 from hydra_assets.domain.roster import Queen
 from hydra_assets.domain.storage import (
     StorageLayout,
@@ -67,10 +68,13 @@ def queen_lora(
 
     manifest_path = layout.reference_manifest(slug)
     identity_path = layout.identity_dir(slug) / "identity.json"
-    manifest = read_json(manifest_path)
+    try:
+        manifest = read_reference_manifest(manifest_path, slug)
+        identity = identity_document(identity_path, slug)
+    except DamagedFileError as error:
+        raise dg.Failure(str(error), metadata={"file": str(error.path)}) from error
     if manifest is None:
         raise dg.Failure(f"{manifest_path} is missing: materialize reference_images for {slug} first")
-    identity = read_json(identity_path)
     if config.faces_only:
         if identity is None:
             raise dg.Failure(f"{identity_path} is missing: materialize reference_identity for {slug} first")

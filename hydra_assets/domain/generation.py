@@ -23,6 +23,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
+from hydra_assets.domain.damaged_files import generated_manifest_problem
 from hydra_assets.domain.prompts import build_prompts
 from hydra_assets.domain.roster import Queen
 from hydra_assets.domain.storage import read_json, sha256_bytes, sha256_file
@@ -415,8 +416,9 @@ def read_manifest(path: Path) -> dict[str, Any] | None:
         document = read_json(path)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable manifest ({exc}); images on disk are recovered from their PNG chunks") from exc
-    if document is not None and not isinstance(document.get("images"), list):
-        raise ValueError(f"{path}: manifest has no 'images' list")
+    problem = None if document is None else generated_manifest_problem(document)
+    if problem:
+        raise ValueError(f"{path}: {problem}; images on disk are recovered from their PNG chunks")
     return document
 
 
