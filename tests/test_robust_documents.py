@@ -139,3 +139,62 @@ def test_any_roster_file_never_stops_the_roster(tmp_path, text):
     assert "nova-sterling" in roster.queens
     assert all(isinstance(error, RosterError) for error in roster.errors)
     assert {e.path.name for e in roster.errors} <= {"broken-queen.yaml"}
+
+
+def test_hostile_files_never_stop_the_roster_sensor_tick(tmp_path):
+    import dagster as dg
+
+    from hydra_assets.domain.demo_data import write_demo_data
+    from resources.storage import HydraStorage
+    from tests.helpers import hydra_definitions
+    from tests.test_roster_sensor import tick
+
+    roster_dir, root = tmp_path / "roster", tmp_path / "storage"
+    write_demo_data(roster_dir, root / "reference_images")
+    write(roster_dir, "laughs-queen.yaml", BILLION_LAUGHS)
+    write(roster_dir, "deep-queen.yaml", HOSTILE["deep-flow"][0])
+    write(roster_dir, "nova-sterling.dialogue.yaml", BILLION_LAUGHS)
+    storage = HydraStorage(root=str(root), roster_dir=str(roster_dir))
+    sensor = hydra_definitions(tmp_path).resolve_sensor_def("roster_sensor")
+    with dg.instance_for_test() as instance:
+        started = time.monotonic()
+        result = tick(sensor, instance, storage)
+        assert time.monotonic() - started < 30
+    requested = {r.partition_key for r in result.run_requests}
+    assert {"ada-marlowe", "nova-sterling"} <= requested
+
+
+@pytest.mark.parametrize("case", sorted(set(HOSTILE) - {"huge", "two-documents"}))
+def test_hostile_markdown_front_matter_is_refused_with_file_and_rule(tmp_path, case):
+    from hydra_assets.domain.safe_documents import load_markdown
+
+    document, rule = HOSTILE[case]
+    path = write(tmp_path, "chapter-01.md", f"---\n{document}\n---\n# Chapter one\n")
+    with pytest.raises(DocumentError) as caught:
+        load_markdown(path)
+    assert str(path) in str(caught.value) and rule in str(caught.value)
+
+
+def test_markdown_front_matter_and_body(tmp_path):
+    from hydra_assets.domain.safe_documents import load_markdown
+
+    assert load_markdown(write(tmp_path, "a.md", "---\nqueen: nova-sterling\n---\n# One\n")) == ({"queen": "nova-sterling"}, "# One\n")
+    assert load_markdown(write(tmp_path, "b.md", "# No front matter\n")) == ({}, "# No front matter\n")
+    with pytest.raises(DocumentError, match="no closing"):
+        load_markdown(write(tmp_path, "c.md", "---\nqueen: x\n# One\n"))
+    with pytest.raises(DocumentError, match="must be a mapping"):
+        load_markdown(write(tmp_path, "d.md", "---\n- x\n---\n"))
+
+
+@SETTINGS
+@given(text=yaml_texts, body=st.text(max_size=50))
+def test_any_markdown_gives_front_matter_or_the_document_error(tmp_path, text, body):
+    from hydra_assets.domain.safe_documents import load_markdown
+
+    path = write(tmp_path, "any.md", f"---\n{text}\n---\n{body}")
+    try:
+        front, _ = load_markdown(path)
+    except DocumentError as error:
+        assert str(path) in str(error)
+        return
+    assert isinstance(front, dict)

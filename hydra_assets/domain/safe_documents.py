@@ -205,3 +205,33 @@ def parse_json(text: str, path: Path | str) -> Any:
 def load_json(path: Path | str, *, max_bytes: int = MAX_MANIFEST_BYTES) -> Any:
     """Read and parse one JSON file under the limits; raises :class:`DocumentError`."""
     return parse_json(decode_text(read_document_bytes(path, max_bytes=max_bytes), path), path)
+
+
+FRONT_MATTER_FENCE = "---"
+
+
+def parse_markdown(text: str, path: Path | str) -> tuple[dict[str, Any], str]:
+    """(front matter, body) of a markdown document such as a chapter script.
+
+    The front matter is the YAML between a first line ``---`` and the next line ``---``, read
+    under the same limits as any YAML document, and must be a mapping; no fence means none.
+    """
+    if "\0" in text:
+        raise DocumentError(path, "contains a NUL character: not a text document")
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].rstrip("\r\n") != FRONT_MATTER_FENCE:
+        return {}, text
+    for index in range(1, len(lines)):
+        if lines[index].rstrip("\r\n") == FRONT_MATTER_FENCE:
+            front = parse_yaml("".join(lines[1:index]), path)
+            if front is None:
+                front = {}
+            if not isinstance(front, dict):
+                raise DocumentError(path, f"front matter must be a mapping of fields, got {type(front).__name__}")
+            return front, "".join(lines[index + 1 :])
+    raise DocumentError(path, "front matter starts with '---' on line 1 but has no closing '---' line")
+
+
+def load_markdown(path: Path | str, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> tuple[dict[str, Any], str]:
+    """Read one markdown file under the limits; raises :class:`DocumentError`."""
+    return parse_markdown(decode_text(read_document_bytes(path, max_bytes=max_bytes), path), path)
