@@ -12,8 +12,12 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
+from hydra_assets.domain import generation as gen
 from hydra_assets.domain.damaged_files import (
+    ENTRY_FIELD_TYPES,
     DamagedFileError,
     generated_manifest_problem,
     identity_document,
@@ -22,7 +26,7 @@ from hydra_assets.domain.damaged_files import (
 )
 from hydra_assets.domain.images import process_reference_folder
 from hydra_assets.domain.overrides import OverrideError, load_overrides
-from hydra_assets.domain.score_table import SCORE_FRAME_COLUMNS
+from hydra_assets.domain.score_table import SCORE_FRAME_COLUMNS, manifest_ids, manifest_rows
 from hydra_assets.domain.storage import StorageLayout
 from hydra_assets.quality.inputs import read_generated_manifest, read_scores
 from hydra_assets.quality.scoring import load_identity
@@ -30,6 +34,7 @@ from resources.image_generation import DemoRenderer
 from tests.test_generation import (  # noqa: F401 - fixtures
     DEMO_TOTAL,
     NIGHT,
+    NOVA,
     SLUG,
     _folder,
     _manifest,
@@ -40,6 +45,13 @@ from tests.test_generation import (  # noqa: F401 - fixtures
     instance,
 )
 from tests.test_reference_images import encode, photo
+
+
+PLAN = gen.plan_night(
+    queen=NOVA, night=NIGHT, counts={"portrait": 2, "pose": 1}, sampling=gen.Sampling(width=64, height=64),
+    model="m", backend="demo", generative=False, lora=None, reference_set_hash="r" * 64,
+    references={"portrait": ["a.png"], "pose": ["a.png"]},
+)
 
 
 def _json_damage(good: dict) -> dict[str, bytes]:
@@ -201,3 +213,89 @@ def test_overrides_damage_names_the_file(tmp_path, data):
     with pytest.raises(OverrideError) as caught:
         load_overrides(path)
     assert str(path) in str(caught.value)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=10),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    max_leaves=12,
+)
+entry_like = st.fixed_dictionaries(
+    {}, optional={name: json_values | st.just("x") for name in [*ENTRY_FIELD_TYPES, "status", "source", "normalized", "category"]}
+)
+GOOD_IMAGE = {"image_id": f"{SLUG}-{NIGHT}-portrait-000", "asset_type": "portrait", "file": "portrait/x.png",
+              "sha256": "0" * 64, "params_hash": "p", "params": {"prompt": "a portrait", "seed": 1}, "seed": 1, "index": 0}
+GOOD_REFERENCE = {"source": "portraits/a.jpg", "category": "portraits", "status": "accepted",
+                  "normalized": "portraits/a.png", "sha256": "0" * 64}
+GOOD_ENTRY = {**GOOD_IMAGE, **GOOD_REFERENCE}
+near_valid_entry = st.just(GOOD_ENTRY) | st.builds(
+    lambda name, value: {**GOOD_ENTRY, name: value}, st.sampled_from(sorted(GOOD_ENTRY)), json_values
+) | st.builds(
+    lambda name: {k: v for k, v in GOOD_ENTRY.items() if k != name}, st.sampled_from(sorted(GOOD_ENTRY))
+)  # a valid entry with one field replaced by anything or left out
+near_valid = st.fixed_dictionaries(
+    {
+        "images": st.lists(near_valid_entry, max_size=3),
+        "entries": st.lists(near_valid_entry, max_size=3),
+        "reference_set_hash": st.just("h" * 64) | json_values,
+    },
+    optional={"superseded": st.lists(near_valid_entry, max_size=2), "failed": st.lists(near_valid_entry, max_size=2)},
+)
+manifest_like = near_valid | json_values | st.fixed_dictionaries(
+    {},
+    optional={
+        "images": st.lists(entry_like | json_values, max_size=4) | json_values,
+        "failed": st.lists(entry_like | json_values, max_size=3) | json_values,
+        "superseded": st.lists(entry_like | json_values, max_size=3) | json_values,
+        "entries": st.lists(entry_like | json_values, max_size=4) | json_values,
+        "reference_set_hash": json_values,
+    },
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=manifest_like)
+def test_any_generated_manifest_is_refused_by_name_or_read_by_every_consumer(tmp_path, document):
+    """The property: the readers either refuse the document naming the file, or every consumer
+    (generation's reuse and superseded bookkeeping, image_scores' rows) works on it."""
+    layout = StorageLayout(tmp_path)
+    folder = layout.generated_dir(NIGHT, SLUG)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "manifest.json"
+    path.write_text(json.dumps(document))
+    try:
+        previous = gen.read_manifest(path)
+    except ValueError as error:
+        event("refused")
+        assert str(path) in str(error)
+        with pytest.raises(dg.Failure, match="re-materialize generated_images"):
+            read_generated_manifest(layout, NIGHT, SLUG)
+        return
+    event("read by every consumer")
+    assert previous is not None  # the file exists: None would mean "absent"
+    recorded = {entry.get("image_id"): entry for entry in previous.get("images", [])}
+    for request in PLAN:
+        if request.image_id in recorded:
+            gen.valid_entry(recorded[request.image_id], folder, request)
+    gen.superseded_entries(previous, PLAN, folder)
+    manifest = read_generated_manifest(layout, NIGHT, SLUG)
+    manifest_ids(manifest)
+    for row in manifest_rows(manifest, layout, NIGHT, SLUG, warn=lambda message: None):
+        assert row["seed"] is None or isinstance(row["seed"], int)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=manifest_like, raw=st.binary(max_size=64), use_raw=st.booleans())
+def test_any_reference_manifest_is_refused_by_name_or_read_by_its_consumers(tmp_path, document, raw, use_raw):
+    path = tmp_path / "manifest.json"
+    path.write_bytes(raw if use_raw else json.dumps(document).encode())
+    try:
+        manifest = read_reference_manifest(path, SLUG)
+    except DamagedFileError as error:
+        event("refused")
+        assert error.path == path and "re-materialize reference_images" in str(error)
+        return
+    event("read by its consumers")
+    accepted = [e for e in manifest["entries"] if e["status"] == "accepted"]  # reference_identity, queen_lora
+    assert all(isinstance(e["normalized"], str) for e in accepted) and isinstance(manifest["reference_set_hash"], str)
+    gen.references_by_type(manifest["entries"], tmp_path, ["portrait", "pose"])

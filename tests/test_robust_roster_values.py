@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from hydra_assets.domain.roster import SEED_MAX, Queen, RosterError, load_queen
@@ -97,8 +97,10 @@ def test_what_the_roster_accepts_the_catalog_stores_on_both_databases(tmp_path, 
     try:
         queen = load_queen(path)
     except RosterError as error:
+        event(f"refused: {error.field}")
         assert error.path == path and error.field and error.rule
         return
+    event("stored")
     catalog = CatalogResource(url=catalog_url)
     try:
         queen_id = catalog.upsert_queen(queen)

@@ -18,7 +18,19 @@ import numpy as np
 
 from hydra_assets.domain.storage import read_json
 
+ABSENT = object()
+"""``read_json(path, default=ABSENT)``: tells a missing file from one that holds ``null``."""
 REFERENCE_STATUSES = ("accepted", "rejected")
+ENTRY_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "image_id": (str,), "asset_type": (str,), "file": (str,), "sha256": (str,), "params_hash": (str,),
+    "params": (dict,), "details": (dict,), "seed": (int,), "index": (int,), "size_bytes": (int,),
+    "width": (int,), "height": (int,), "generated_at": (str,), "error": (str,),
+}
+"""generated manifest entry fields and the types their readers (generation, image_scores, the catalog) need."""
+
+
+def _has_type(value: Any, types: tuple[type, ...]) -> bool:
+    return isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
 
 
 class DamagedFileError(ValueError):
@@ -77,10 +89,10 @@ def reference_manifest_problem(document: Any) -> str | None:
 def read_reference_manifest(path: Path, slug: str) -> dict[str, Any] | None:
     """reference_images' manifest, or None when it does not exist yet."""
     try:
-        document = read_json(path)
+        document = read_json(path, default=ABSENT)
     except (OSError, ValueError) as exc:
         raise DamagedFileError(path, f"cannot be read ({exc})", reference_fix(slug)) from exc
-    if document is None:
+    if document is ABSENT:
         return None
     problem = reference_manifest_problem(document)
     if problem:
@@ -91,8 +103,9 @@ def read_reference_manifest(path: Path, slug: str) -> dict[str, Any] | None:
 def generated_manifest_problem(document: Any) -> str | None:
     """What in a generated_images manifest's structure its readers cannot use, or None.
 
-    Only the structure: an entry with a bad field (no file, a file outside the folder) is left out
-    on its own by image_scores and remade by generated_images, so one bad entry never sinks the rest.
+    The structure and the type of every field that is present: an entry that lacks a field or
+    names a file outside the folder is left out on its own by image_scores and remade by
+    generated_images, so one such entry never sinks the rest.
     """
     if not isinstance(document, dict):
         return f"must be a JSON object, got {type(document).__name__}"
@@ -104,6 +117,10 @@ def generated_manifest_problem(document: Any) -> str | None:
             for position, entry in enumerate(value):
                 if not isinstance(entry, dict):
                     return f"{key}[{position}] must be an object, got {type(entry).__name__}"
+                for name, types in ENTRY_FIELD_TYPES.items():
+                    if name in entry and entry[name] is not None and not _has_type(entry[name], types):
+                        expected = " or ".join(t.__name__ for t in types)
+                        return f"{key}[{position}].{name} must be {expected}, got {type(entry[name]).__name__}"
     return None
 
 
@@ -129,10 +146,12 @@ def read_identity_vector(path: Path, slug: str) -> np.ndarray:
 def identity_document(path: Path, slug: str) -> dict[str, Any] | None:
     """reference_identity's identity.json (a mapping), or None when it does not exist yet."""
     try:
-        document = read_json(path)
+        document = read_json(path, default=ABSENT)
     except (OSError, ValueError) as exc:
         raise DamagedFileError(path, f"cannot be read ({exc})", identity_fix(slug)) from exc
-    if document is not None and not isinstance(document, Mapping):
+    if document is ABSENT:
+        return None
+    if not isinstance(document, Mapping):
         raise DamagedFileError(path, f"must be a JSON object, got {type(document).__name__}", identity_fix(slug))
     return document
 

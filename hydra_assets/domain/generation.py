@@ -23,7 +23,7 @@ from typing import Any
 
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
 
-from hydra_assets.domain.damaged_files import generated_manifest_problem
+from hydra_assets.domain.damaged_files import ABSENT, generated_manifest_problem
 from hydra_assets.domain.prompts import build_prompts
 from hydra_assets.domain.roster import Queen
 from hydra_assets.domain.storage import read_json, sha256_bytes, sha256_file
@@ -413,10 +413,12 @@ def failure_entry(request: GenerationRequest, error: str) -> dict[str, Any]:
 def read_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest, or None when absent; raises ValueError naming the file when it is unreadable."""
     try:
-        document = read_json(path)
+        document = read_json(path, default=ABSENT)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable manifest ({exc}); images on disk are recovered from their PNG chunks") from exc
-    problem = None if document is None else generated_manifest_problem(document)
+    if document is ABSENT:
+        return None
+    problem = generated_manifest_problem(document)
     if problem:
         raise ValueError(f"{path}: {problem}; images on disk are recovered from their PNG chunks")
     return document

@@ -6,7 +6,13 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from hydra_assets.domain.damaged_files import DamagedFileError, generated_fix, generated_manifest_problem, score_frame_problem
+from hydra_assets.domain.damaged_files import (
+    ABSENT,
+    DamagedFileError,
+    generated_fix,
+    generated_manifest_problem,
+    score_frame_problem,
+)
 from hydra_assets.domain.score_table import MANIFEST_NAME, SCORE_FRAME_COLUMNS
 from hydra_assets.domain.storage import StorageLayout, read_json
 
@@ -14,10 +20,10 @@ from hydra_assets.domain.storage import StorageLayout, read_json
 def read_generated_manifest(layout: StorageLayout, night: str, slug: str) -> dict[str, Any]:
     path = layout.generated_dir(night, slug) / MANIFEST_NAME
     try:
-        manifest = read_json(path)
+        manifest = read_json(path, default=ABSENT)
     except (OSError, ValueError) as exc:
         raise dg.Failure(str(DamagedFileError(path, f"cannot be read ({exc})", generated_fix(slug, night)))) from exc
-    if manifest is None:
+    if manifest is ABSENT:
         raise dg.Failure(f"{path} is missing: materialize generated_images for {slug} on {night} first")
     problem = generated_manifest_problem(manifest)
     if problem:
