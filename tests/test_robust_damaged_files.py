@@ -44,6 +44,7 @@ from tests.test_generation import (  # noqa: F401 - fixtures
     demo_storage_template,
     instance,
 )
+from tests.test_lora_training import lora_env  # noqa: F401 - fixture
 from tests.test_reference_images import encode, photo
 
 
@@ -299,3 +300,33 @@ def test_any_reference_manifest_is_refused_by_name_or_read_by_its_consumers(tmp_
     accepted = [e for e in manifest["entries"] if e["status"] == "accepted"]  # reference_identity, queen_lora
     assert all(isinstance(e["normalized"], str) for e in accepted) and isinstance(manifest["reference_set_hash"], str)
     gen.references_by_type(manifest["entries"], tmp_path, ["portrait", "pose"])
+
+
+@pytest.mark.parametrize("damage", [b"{trunc", b"[1, 2]", b"\xff\xfe"])
+def test_damaged_lora_info_is_rewritten_from_the_lora_header(lora_env, damage):
+    from tests.test_lora_training import demo_queen, write_upstream
+    from tests.test_lora_training import materialize as materialize_lora
+
+    layout, _, resources, instance, roster_dir = lora_env
+    write_upstream(layout, roster_dir, seeds=[1, 2])
+    resources["catalog"].upsert_queen(demo_queen())
+    first, _ = materialize_lora(resources, instance)
+    good = json.loads(layout.lora_info_path(SLUG).read_text())
+    layout.lora_info_path(SLUG).write_bytes(damage)
+    again, _ = materialize_lora(resources, instance)
+    assert again["reused"] is True and again["version"] == first["version"]
+    assert json.loads(layout.lora_info_path(SLUG).read_text()) == good
+
+
+@pytest.mark.parametrize("damage", [b"{trunc", b"[1]", b'{"reference_set_hash": "x", "entries": "no"}'])
+def test_damaged_reference_manifest_fails_queen_lora_naming_reference_images(lora_env, damage):
+    from tests.test_lora_training import demo_queen, write_upstream
+    from tests.test_lora_training import materialize as materialize_lora
+
+    layout, _, resources, instance, roster_dir = lora_env
+    write_upstream(layout, roster_dir, seeds=[1, 2])
+    resources["catalog"].upsert_queen(demo_queen())
+    layout.reference_manifest(SLUG).write_bytes(damage)
+    with pytest.raises(dg.Failure) as caught:
+        materialize_lora(resources, instance)
+    assert str(layout.reference_manifest(SLUG)) in str(caught.value) and f"re-materialize reference_images for {SLUG}" in str(caught.value)

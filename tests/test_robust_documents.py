@@ -201,3 +201,18 @@ def test_any_markdown_gives_front_matter_or_the_document_error(tmp_path, text, b
         assert str(path) in str(error)
         return
     assert isinstance(front, dict)
+
+
+@pytest.mark.parametrize("data", [b"[" * 100_000, b"\xff", b'{"files": 1}', b"{"])
+def test_damaged_caches_are_misses_not_errors(tmp_path, data):
+    """Sensor file stats and the LLM prompt cache: a damaged file costs a re-hash or a new answer."""
+    from hydra_assets.domain.fingerprints import FileStatsStore
+    from hydra_assets.domain.prompt_expansion import ExpansionCache
+
+    store = FileStatsStore(tmp_path / "stats")
+    write(tmp_path / "stats", "nova-sterling.json", data)
+    assert store.load("nova-sterling") == {}
+    cache = ExpansionCache(tmp_path / "cache")
+    key = "ab" + "0" * 62
+    write(tmp_path / "cache" / "ab", f"{key}.json", data)
+    assert cache.get(key) is None

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra_assets.domain.input_folders import walk_folder
+from hydra_assets.domain.safe_documents import load_json
 from hydra_assets.domain.storage import atomic_write_json, sha256_file
 
 HASH_PREFIX = 16
@@ -86,8 +87,8 @@ class FileStatsStore:
 
     def load(self, key: str) -> FileStats:
         try:
-            document = json.loads(self._path(key).read_text())
-        except (OSError, ValueError):
+            document = load_json(self._path(key))
+        except (OSError, ValueError):  # DocumentError is a ValueError: a damaged state file is a cache miss
             return {}
         stats = document.get("files") if isinstance(document, dict) else None
         if not isinstance(stats, dict):
