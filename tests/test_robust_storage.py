@@ -78,3 +78,23 @@ def test_an_image_that_fails_while_being_written_is_listed_and_the_others_are_ma
     monkeypatch.undo()  # space freed: the next run makes exactly the failed image
     meta = _metadata(_materialize(demo_root, instance, DemoRenderer()))
     assert (meta["new"], meta["reused"], meta["failed"]) == (1, DEMO_TOTAL - 1, 0)
+
+
+def test_publishing_by_copy_on_a_full_disk_names_the_target_and_leaves_nothing(tmp_path, monkeypatch):
+    from hydra_assets.domain.publishing import publish_file
+    from hydra_assets.domain.storage import sha256_file
+
+    source = tmp_path / "generated" / "portrait-000.png"
+    source.parent.mkdir()
+    source.write_bytes(b"png bytes")
+    folder = tmp_path / "approved" / "portraits"
+
+    def no_hard_links(*args, **kwargs):
+        raise OSError(errno.EXDEV, os.strerror(errno.EXDEV))
+
+    monkeypatch.setattr(os, "link", no_hard_links)
+    fail_fsync_for(monkeypatch, "portrait-000.png", errno.ENOSPC)
+    with pytest.raises(StorageWriteError) as caught:
+        publish_file(source, folder, "portrait-000.png", sha256_file(source))
+    assert str(folder / "portrait-000.png") in str(caught.value) and "disk is full" in str(caught.value)
+    assert list(folder.iterdir()) == []
