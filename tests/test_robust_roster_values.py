@@ -39,9 +39,9 @@ def document_with(dotted: str, value: object) -> dict:
     return document
 
 
-def write(folder: Path, document: dict) -> Path:
+def write(folder: Path, document: dict, name: str | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{document['slug']}.yaml"
+    path = folder / (name or f"{document['slug']}.yaml")
     path.write_text(yaml.safe_dump(document, allow_unicode=False))  # escapes keep \x00 and \ud800 as YAML escapes
     return path
 
@@ -123,3 +123,34 @@ def _set(document: dict, dotted: str, value: object) -> dict:
 def test_queen_model_refuses_the_same_values_without_a_file():
     with pytest.raises(ValueError, match="NUL"):
         Queen.model_validate(document_with("name", "a\x00"))
+
+
+def _paths(document: dict, prefix: str = "") -> list[str]:
+    paths = []
+    for key, value in document.items():
+        paths.append(f"{prefix}{key}")
+        if isinstance(value, dict):
+            paths += _paths(value, f"{prefix}{key}.")
+    return paths
+
+
+ROSTER_PATHS = sorted(_paths(VALID) + ["generation_config.lora_training.seed", "generation_config.target_outfits"])
+any_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | texts,
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(texts, children, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dotted=st.sampled_from(ROSTER_PATHS), value=any_value)
+def test_any_value_in_any_roster_field_gives_a_queen_or_the_roster_error(tmp_path, dotted, value):
+    path = write(tmp_path / "roster", _set(copy.deepcopy(VALID), dotted, value), name=f"{VALID['slug']}.yaml")
+    try:
+        queen = load_queen(path)
+    except RosterError as error:
+        event("refused")
+        assert error.path == path and str(path) in str(error)
+        return
+    event("accepted")
+    queen.model_dump(mode="json")  # what the catalog stores
