@@ -70,7 +70,12 @@ def catalog_url(request: pytest.FixtureRequest, tmp_path) -> str:
     return request.getfixturevalue("postgres_database_url")
 
 
-texts = st.text(st.characters(codec=None, exclude_categories=()), max_size=250) | st.just("a\x00b") | st.just("\ud800")
+texts = (
+    st.text(max_size=250)  # any storable text, control characters and astral planes included
+    | st.text(st.characters(codec=None, exclude_categories=()), max_size=20)  # surrogates too
+    | st.just("a\x00b")
+    | st.just("\ud800")
+)
 roster_changes = st.fixed_dictionaries(
     {},
     optional={
@@ -79,10 +84,10 @@ roster_changes = st.fixed_dictionaries(
         "generation_config.base_prompt": texts,
         "physical_dna.hair.color": texts,
         "physical_dna.distinguishing_features": st.lists(texts, max_size=3),
-        "personality_dna.traits": st.dictionaries(texts, st.integers(-5, 15), max_size=3),
-        "generation_config.lora_training.seed": st.integers(-(2**70), 2**70),
-        "generation_config.lora_strength": st.floats(allow_nan=True, allow_infinity=True),
-        "generation_config.target_portraits": st.integers(-(2**40), 2**40),
+        "personality_dna.traits": st.dictionaries(st.text(max_size=250) | texts, st.integers(-5, 15), max_size=3),
+        "generation_config.lora_training.seed": st.integers(0, SEED_MAX) | st.integers(-(2**70), 2**70),
+        "generation_config.lora_strength": st.floats(0, 2) | st.floats(allow_nan=True, allow_infinity=True),
+        "generation_config.target_portraits": st.integers(0, 10_000) | st.integers(-(2**40), 2**40),
     },
 )
 
