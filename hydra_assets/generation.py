@@ -159,11 +159,16 @@ def generate_partition(
                 run.manifest.record_failure(gen.failure_entry(request, error))
             else:
                 png = gen.encode_png(result.image, request.params, result.details)
-                atomic_write_bytes(Path(folder) / request.file, png)
-                run.manifest.record_image(
-                    gen.manifest_entry(request, png, result.image.width, result.image.height, gen.utc_now(), result.details)
-                )
-                run.new.append(request.image_id)
+                try:
+                    atomic_write_bytes(Path(folder) / request.file, png)
+                except OSError as exc:  # disk full, quota, read-only: this image failed, the others go on
+                    log.warning(f"{request.image_id}: {exc}")
+                    run.manifest.record_failure(gen.failure_entry(request, str(exc)))
+                else:
+                    run.manifest.record_image(
+                        gen.manifest_entry(request, png, result.image.width, result.image.height, gen.utc_now(), result.details)
+                    )
+                    run.new.append(request.image_id)
             atomic_write_json(manifest_path, run.manifest.to_document())
     except Exception as exc:  # the backend as a whole broke (no model, server gone): record, then judge below
         run.backend_error = f"{type(exc).__name__}: {exc}"

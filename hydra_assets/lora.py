@@ -3,6 +3,7 @@
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import sqlalchemy as sa
@@ -10,6 +11,7 @@ from PIL import Image
 from safetensors import SafetensorError
 
 from hydra_assets.domain import lora as domain
+from hydra_assets.domain.damaged_files import DamagedFileError, identity_document, read_reference_manifest
 from hydra_assets.domain.roster import Queen
 from hydra_assets.domain.storage import (
     StorageLayout,
@@ -68,10 +70,13 @@ def queen_lora(
 
     manifest_path = layout.reference_manifest(slug)
     identity_path = layout.identity_dir(slug) / "identity.json"
-    manifest = read_json(manifest_path)
+    try:
+        manifest = read_reference_manifest(manifest_path, slug)
+        identity = identity_document(identity_path, slug)
+    except DamagedFileError as error:
+        raise dg.Failure(str(error), metadata={"file": str(error.path)}) from error
     if manifest is None:
         raise dg.Failure(f"{manifest_path} is missing: materialize reference_images for {slug} first")
-    identity = read_json(identity_path)
     if config.faces_only:
         if identity is None:
             raise dg.Failure(f"{identity_path} is missing: materialize reference_identity for {slug} first")
@@ -108,7 +113,7 @@ def queen_lora(
         new_hash, {v: (h or {}).get("training_hash") for v, h in headers.items()}, force=config.force_retrain
     )
     strength = queen.generation_config.lora_strength
-    previous_version = (read_json(layout.lora_info_path(slug)) or {}).get("version")
+    previous_version = _readable_info(layout.lora_info_path(slug), context.log).get("version")
 
     if plan.reuse:
         version_path = versions_dir / on_disk[plan.version]
@@ -380,9 +385,20 @@ def _publish_current(
         "strength": strength,
     }
     info_path = layout.lora_info_path(slug)
-    if read_json(info_path) != info:
+    if _readable_info(info_path) != info:
         atomic_write_json(info_path, info)
     return info
+
+
+def _readable_info(path: Path, log: Any = None) -> dict:
+    """The current LoRA's info JSON, or {} when absent or damaged: it is rebuilt from the LoRA's header."""
+    try:
+        info = read_json(path) or {}
+    except (OSError, ValueError) as exc:
+        if log is not None:
+            log.warning(f"{exc}; rewritten from the current LoRA's header")
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def _catalog_row_from_header(ours: dict, version_path: Path, size: int) -> dict:

@@ -10,10 +10,11 @@ import numpy as np
 from PIL import Image
 
 from hydra_assets.domain import images
+from hydra_assets.domain.damaged_files import DamagedFileError, read_reference_manifest
 from hydra_assets.domain.embeddings import EmbeddingStoreError
 from hydra_assets.domain.identity import summarize_identity
 from hydra_assets.domain.roster import RosterError
-from hydra_assets.domain.storage import atomic_write_bytes, atomic_write_json, read_json
+from hydra_assets.domain.storage import atomic_write_bytes, atomic_write_json
 from hydra_assets.metadata import CONTACT_SHEET_LIMIT, png_preview, table
 from hydra_assets.embedding_index import store_reference_faces
 from hydra_assets.partitions import queens_partitions
@@ -99,7 +100,10 @@ def reference_identity(
 ):
     slug = context.partition_key
     layout = storage.layout
-    manifest = read_json(layout.reference_manifest(slug))
+    try:
+        manifest = read_reference_manifest(layout.reference_manifest(slug), slug)
+    except DamagedFileError as error:
+        raise dg.Failure(str(error), metadata={"file": str(error.path)}) from error
     if manifest is None:
         raise dg.Failure(f"{layout.reference_manifest(slug)} is missing: materialize reference_images for {slug} first")
     accepted = [e for e in manifest["entries"] if e["status"] == images.STATUS_ACCEPTED]

@@ -42,6 +42,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hydra_assets.domain.roster import DIALOGUE_SUFFIXES, SLUG_PATTERN
+from hydra_assets.domain.safe_documents import DocumentError, decode_text, parse_yaml, read_document_bytes
 
 EMOTIONS: tuple[str, ...] = (
     "neutral",
@@ -195,14 +196,10 @@ def load_dialogue(path: Path, *, slug: str | None = None) -> Dialogue:
     """Parse one dialogue file into its valid lines and one error per bad line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise DialogueFileError(path, f"is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DialogueFileError(path, f"cannot be read: {exc}") from exc
+        text = decode_text(read_document_bytes(path), path)
+        document = parse_yaml(text, path)
+    except DocumentError as exc:
+        raise DialogueFileError(path, exc.rule) from exc
     if not isinstance(document, dict):
         raise DialogueFileError(path, f"must be a mapping with a 'lines' list, got {type(document).__name__}")
     try:

@@ -16,9 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from hydra_assets.domain.input_folders import walk_folder
+from hydra_assets.domain.safe_documents import load_json
 from hydra_assets.domain.storage import atomic_write_json, sha256_file
 
 HASH_PREFIX = 16
@@ -66,7 +69,7 @@ def fingerprint_scan(scan: Scan, previous: FileStats | None) -> tuple[FileStats,
             current[relpath] = before
             continue
         try:
-            current[relpath] = [size, mtime, sha256_file(path)[:HASH_PREFIX]]
+            current[relpath] = [size, mtime, content_hash(path)[:HASH_PREFIX]]
         except FileNotFoundError:
             continue
         hashed += 1
@@ -84,8 +87,8 @@ class FileStatsStore:
 
     def load(self, key: str) -> FileStats:
         try:
-            document = json.loads(self._path(key).read_text())
-        except (OSError, ValueError):
+            document = load_json(self._path(key))
+        except (OSError, ValueError):  # DocumentError is a ValueError: a damaged state file is a cache miss
             return {}
         stats = document.get("files") if isinstance(document, dict) else None
         if not isinstance(stats, dict):
@@ -97,32 +100,35 @@ class FileStatsStore:
 
 
 def scan_folder(folder: Path) -> Scan:
-    """Every non-hidden file below ``folder`` with its stat, in one directory walk."""
-    scan: Scan = {}
-    pending = [(folder, "")]
-    while pending:
-        directory, prefix = pending.pop()
+    """Every non-hidden entry below ``folder`` with its lstat, in one directory walk.
+
+    Links and special files are included (adding one changes the digest, so the stage that lists
+    them as rejected runs) but never opened: :func:`content_hash` hashes a link's target text.
+    """
+    walk = walk_folder(folder)
+    scan: Scan = {relpath: (path, info.st_size, info.st_mtime_ns) for relpath, (path, info) in walk.files.items()}
+    for relpath in walk.refused:
+        path = Path(folder) / relpath
         try:
-            entries = list(os.scandir(directory))
-        except (FileNotFoundError, NotADirectoryError):
+            info = path.lstat()
+        except FileNotFoundError:
             continue
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            relpath = f"{prefix}{entry.name}"
-            if entry.is_dir(follow_symlinks=False):
-                pending.append((Path(entry.path), f"{relpath}/"))
-            elif entry.is_file():
-                try:
-                    stat = entry.stat()
-                except FileNotFoundError:
-                    continue
-                scan[relpath] = (Path(entry.path), stat.st_size, stat.st_mtime_ns)
+        scan[relpath] = (path, info.st_size, info.st_mtime_ns)
     return scan
 
 
+def content_hash(path: Path) -> str:
+    """sha256 of a regular file's bytes; of ``link:<target>`` for a link, never what it points at."""
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode):
+        return hashlib.sha256(b"link:" + os.fsencode(os.readlink(path))).hexdigest()
+    if not stat.S_ISREG(info.st_mode):
+        return hashlib.sha256(f"special:{stat.S_IFMT(info.st_mode)}".encode()).hexdigest()
+    return sha256_file(path)
+
+
 def folder_files(folder: Path) -> dict[str, Path]:
-    """Every non-hidden file below ``folder`` by relative path."""
+    """Every non-hidden entry below ``folder`` by relative path (links included, see :func:`scan_folder`)."""
     return {relpath: path for relpath, (path, _, _) in scan_folder(folder).items()}
 
 

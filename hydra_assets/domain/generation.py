@@ -45,6 +45,7 @@ from hydra_assets.domain.night_plan import (  # noqa: F401  (re-exported)
     type_fragment,
     with_expansions,
 )
+from hydra_assets.domain.damaged_files import ABSENT, generated_manifest_problem
 from hydra_assets.domain.storage import read_json, sha256_bytes, sha256_file
 
 MANIFEST_NAME = "manifest.json"
@@ -145,11 +146,14 @@ def failure_entry(request: GenerationRequest, error: str) -> dict[str, Any]:
 def read_manifest(path: Path) -> dict[str, Any] | None:
     """The manifest, or None when absent; raises ValueError naming the file when it is unreadable."""
     try:
-        document = read_json(path)
+        document = read_json(path, default=ABSENT)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{path}: unreadable manifest ({exc}); images on disk are recovered from their PNG chunks") from exc
-    if document is not None and not isinstance(document.get("images"), list):
-        raise ValueError(f"{path}: manifest has no 'images' list")
+    if document is ABSENT:
+        return None
+    problem = generated_manifest_problem(document)
+    if problem:
+        raise ValueError(f"{path}: {problem}; images on disk are recovered from their PNG chunks")
     return document
 
 

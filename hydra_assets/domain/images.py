@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
 
+from hydra_assets.domain.input_folders import FolderWalk, read_regular_file, walk_folder
 from hydra_assets.domain.storage import atomic_write_bytes, atomic_write_json, read_json, sha256_bytes
 
 CATEGORIES = ("portraits", "full_body", "expressions")
@@ -237,7 +238,12 @@ def process_reference_folder(
     source_dir, output_dir = Path(source_dir), Path(output_dir)
     entries: list[ReferenceEntry] = []
     accepted_by_sha: dict[str, str] = {}
-    for path in _source_files(source_dir):
+    walk = walk_folder(source_dir) if source_dir.is_dir() else FolderWalk()
+    for relpath in sorted([*walk.files, *walk.refused]):
+        if relpath in walk.refused:  # links and special files: listed, never read or hashed
+            entries.append(_refused_entry(relpath, walk.refused[relpath]))
+            continue
+        path = walk.files[relpath][0]
         entry = _process_file(
             path, source_dir, output_dir, accepted_by_sha, min_short_side=min_short_side, max_pixels=max_pixels
         )
@@ -285,7 +291,7 @@ def _process_file(
         return ReferenceEntry(source, category, digest, size, width, height, STATUS_REJECTED, reason)
 
     try:
-        data = path.read_bytes()
+        data = read_regular_file(path)
     except OSError:
         return rejected(REASON_UNREADABLE)
     digest, size = sha256_bytes(data), len(data)
@@ -314,16 +320,10 @@ def _process_file(
     )
 
 
-def _source_files(source_dir: Path) -> list[Path]:
-    """Every non-hidden file, in sorted relative-path order so the first of duplicates is stable."""
-    if not source_dir.is_dir():
-        return []
-    files = (
-        path
-        for path in source_dir.rglob("*")
-        if path.is_file() and not any(part.startswith(".") for part in path.relative_to(source_dir).parts)
-    )
-    return sorted(files, key=lambda path: path.relative_to(source_dir).as_posix())
+def _refused_entry(relpath: str, reason: str) -> ReferenceEntry:
+    parts = relpath.split("/")
+    category = parts[0] if len(parts) > 1 and parts[0] in CATEGORIES else None
+    return ReferenceEntry(relpath, category, None, None, None, None, STATUS_REJECTED, reason)
 
 
 def _normalized_files(output_dir: Path) -> list[str]:

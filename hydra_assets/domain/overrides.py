@@ -6,7 +6,7 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from hydra_assets.domain.safe_documents import DocumentError, decode_text, parse_yaml, read_document_bytes
 
 # ------------------------------------------------------------------------------ manual overrides
 
@@ -49,11 +49,9 @@ def parse_overrides(text: str, path: Path | str) -> dict[str, Override]:
     than be skipped: a skipped "reject" would publish an image someone meant to keep out.
     """
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise OverrideError(path, None, f"is not valid YAML{where}: {getattr(exc, 'problem', None) or exc}") from exc
+        document = parse_yaml(text, path)
+    except DocumentError as exc:
+        raise OverrideError(path, None, exc.rule) from exc
     if document is None:
         return {}
     if not isinstance(document, dict):
@@ -91,7 +89,7 @@ def load_overrides(path: Path) -> dict[str, Override]:
     if not path.exists():
         return {}
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise OverrideError(path, None, f"cannot be read: {exc}") from exc
+        text = decode_text(read_document_bytes(path), path)
+    except DocumentError as exc:
+        raise OverrideError(path, None, exc.rule) from exc
     return parse_overrides(text, path)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from hydra_assets.domain.safe_documents import load_json
 from hydra_assets.domain.storage import atomic_write_json
 
 CACHE_VERSION = 1
@@ -190,8 +191,8 @@ class ExpansionCache:
         if path is None or not path.is_file():
             return None
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError):
+            document = load_json(path)
+        except (OSError, ValueError):  # DocumentError (a ValueError) for truncated, deep or non-UTF-8 files
             return None
         if not isinstance(document, dict) or document.get("key") != key or not isinstance(document.get("text"), str):
             return None

@@ -7,7 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from hydra_assets.domain.storage import sha256_file
+from hydra_assets.domain.storage import WRITE_HINTS, StorageWriteError, sha256_file
 
 HASH_NAME_HEX = 16
 """Hex digits of the content hash in the fallback name ``{stem}-{sha256[:16]}{suffix}``."""
@@ -39,8 +39,12 @@ def publish_file(source: Path, folder: Path, name: str, sha256: str) -> tuple[Pa
 
 
 def _place(source: Path, target: Path) -> str | None:
-    """Hard-link, or copy atomically; None when ``target`` appeared in the meantime."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Hard-link, or copy atomically; None when ``target`` appeared in the meantime. A copy that
+    fails (disk full, quota, read-only) raises StorageWriteError naming ``target``; no temp file stays."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageWriteError(target, exc) from exc
     try:
         os.link(source, target)  # atomic, and refuses to replace an existing file
         return "linked"
@@ -48,6 +52,15 @@ def _place(source: Path, target: Path) -> str | None:
         return None
     except OSError:
         pass  # another file system, or no hard links here: copy instead
+    try:
+        return _copy(source, target)
+    except OSError as exc:
+        if exc.errno in WRITE_HINTS and not isinstance(exc, StorageWriteError):  # not a problem of the source
+            raise StorageWriteError(target, exc) from exc
+        raise
+
+
+def _copy(source: Path, target: Path) -> str | None:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)

@@ -13,8 +13,10 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from hydra_assets.domain.input_folders import link_reason
+from hydra_assets.domain.safe_documents import DocumentError, load_yaml
 
 SLUG_PATTERN = r"^[a-z0-9]+(?:-[a-z0-9]+)*$"
 """Lowercase letters, digits and single hyphens (SPEC: URL-safe, 1-100 chars)."""
@@ -47,8 +49,51 @@ class QueenStatus(str, Enum):
     complete = "complete"
 
 
+MAX_TEXT_CHARS = 4000
+"""Any free-text field (prompts, features, accents); names and titles follow the catalog's String(200)."""
+MAX_ITEMS = 200
+"""Entries of any list or mapping field (features, traits, targets, clips).
+
+Asset type names (``target_*`` keys) are at most 50 characters: the catalog's asset_type String(50).
+"""
+SEED_MAX = 2**63 - 2
+"""Seeds reach torch.Generator.manual_seed (seed + 1 for evaluation) and the catalog's BigInteger."""
+
+
+def text_problem(value: Any) -> str | None:
+    """Why ``value`` (a string, or lists/mappings of them) cannot travel to every later stage.
+
+    PostgreSQL text cannot hold NUL, and neither driver can encode a lone surrogate (YAML's
+    ``"\\ud800"``); SQLite would accept the first, so the roster refuses both for the two to agree.
+    """
+    if isinstance(value, str):
+        if "\0" in value:
+            return "must not contain a NUL character (\\0): PostgreSQL cannot store it"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "must be valid Unicode text (a lone surrogate such as \\ud800 cannot be stored)"
+        if len(value) > MAX_TEXT_CHARS:
+            return f"must be at most {MAX_TEXT_CHARS} characters (got {len(value)})"
+        return None
+    if isinstance(value, (list, tuple, dict)):
+        if len(value) > MAX_ITEMS:
+            return f"must have at most {MAX_ITEMS} entries (got {len(value)})"
+        items = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        return next((problem for item in items if (problem := text_problem(item))), None)
+    return None
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        problem = text_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class Height(_Strict):
@@ -107,7 +152,7 @@ class LoraTrainingConfig(_Strict):
     steps: int = Field(default=1500, ge=1, le=100_000)
     learning_rate: float = Field(default=1e-4, gt=0, le=1.0)
     resolution: int = Field(default=1024, ge=64, le=2048)
-    seed: int = Field(default=0, ge=0)
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
     caption_template: str = Field(default="a photo of {name}, {title}", min_length=1)
 
 
@@ -131,7 +176,7 @@ class GenerationConfig(_Strict):
     aesthetic_threshold: float = Field(default=6.5, ge=1.0, le=10.0)
     technical_threshold: float = Field(default=70.0, ge=0.0, le=100.0)
     face_match_threshold: float = Field(default=0.7, ge=0.0, le=1.0)
-    targets: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], Annotated[int, Field(ge=0, le=10_000)]] = Field(
+    targets: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=50)], Annotated[int, Field(ge=0, le=10_000)]] = Field(
         default_factory=lambda: dict(DEFAULT_TARGETS)
     )
     workflows: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], Slug] = Field(
@@ -161,7 +206,7 @@ def asset_type_from_target_key(key: str) -> str:
 class Queen(_Strict):
     slug: Slug
     name: str = Field(min_length=1, max_length=200)
-    title: str = ""
+    title: str = Field(default="", max_length=200)
     tier: Tier
     status: QueenStatus = QueenStatus.draft
     physical_dna: PhysicalDNA
@@ -185,14 +230,15 @@ def is_valid_slug(slug: str) -> bool:
 
 
 def roster_files(roster_dir: Path) -> list[Path]:
-    """Roster files, sorted; dialogue files (``{slug}.dialogue.yaml``) are not queens."""
+    """Roster files, sorted; dialogue files (``{slug}.dialogue.yaml``) are not queens. Links are
+    listed so that :func:`load_queen` refuses them with a reason (input_folders' rule)."""
     roster_dir = Path(roster_dir)
     if not roster_dir.is_dir():
         return []
     return sorted(
         p
         for p in roster_dir.iterdir()
-        if p.is_file() and p.name.endswith(ROSTER_SUFFIXES) and not p.name.endswith(DIALOGUE_SUFFIXES)
+        if (p.is_file() or p.is_symlink()) and p.name.endswith(ROSTER_SUFFIXES) and not p.name.endswith(DIALOGUE_SUFFIXES)
     )
 
 
@@ -213,6 +259,8 @@ def _describe(error: dict[str, Any]) -> tuple[str, str]:
         rule = "is not a known field"
     elif error["type"] == "enum":
         rule = f"{error['msg']} (got {error.get('input')!r})"
+    elif error["type"] == "value_error":
+        rule = error["msg"].removeprefix("Value error, ")
     elif "input" in error and not isinstance(error["input"], (dict, list)):
         rule = f"{error['msg']} (got {error['input']!r})"
     return loc, rule
@@ -224,15 +272,12 @@ def load_queen(path: Path) -> Queen:
     file_slug = slug_for_file(path)
     if not is_valid_slug(file_slug):
         raise RosterError(path, "slug", f"file name {file_slug!r} is not a valid slug ({SLUG_PATTERN}, 1-100 chars)")
+    if path.is_symlink():
+        raise RosterError(path, "(document)", link_reason(path, path.parent))
     try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise RosterError(path, "(document)", f"is not valid YAML{where}: {problem}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RosterError(path, "(document)", f"cannot be read: {exc}") from exc
+        document = load_yaml(path)
+    except DocumentError as exc:
+        raise RosterError(path, "(document)", exc.rule) from exc
     if not isinstance(document, dict):
         raise RosterError(path, "(document)", f"must be a mapping of fields, got {type(document).__name__}")
     try:

@@ -6,6 +6,7 @@ never leaves a half-written file under a real name, and is recorded with its sha
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from hydra_assets.domain.safe_documents import load_json
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -27,19 +30,47 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+WRITE_HINTS = {
+    errno.ENOSPC: "the disk is full: free space on that volume, then re-materialize",
+    errno.EDQUOT: "the storage quota is exceeded: free space or raise the quota, then re-materialize",
+    errno.EROFS: "the file system is read-only: check the storage mount (HYDRA_STORAGE_ROOT)",
+    errno.EACCES: "permission denied: the pipeline's user cannot write there",
+}
+
+
+class StorageWriteError(OSError):
+    """A write that did not land; names the path and what to do. The old file, if any, is intact."""
+
+    def __init__(self, path: Path, cause: OSError):
+        self.path = Path(path)
+        reason = cause.strerror or str(cause)
+        hint = WRITE_HINTS.get(cause.errno or 0)
+        super().__init__(cause.errno, f"cannot write {self.path}: {reason}" + (f" ({hint})" if hint else ""))
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
 @contextmanager
 def _synced_temp_file(path: Path, data: bytes) -> Iterator[str]:
-    """``data`` fsynced in a temp file beside ``path``; the temp file is gone afterwards."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """``data`` fsynced in a temp file beside ``path``; the temp file is gone afterwards, and any
+    OSError (disk full, quota, read-only) becomes a :class:`StorageWriteError` naming ``path``."""
+    tmp_name = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         yield tmp_name
+    except StorageWriteError:
+        raise
+    except OSError as exc:
+        raise StorageWriteError(path, exc) from exc
     finally:
-        Path(tmp_name).unlink(missing_ok=True)
+        if tmp_name is not None:
+            Path(tmp_name).unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
@@ -67,10 +98,11 @@ def atomic_write_json(path: Path, document: Any) -> Path:
 
 
 def read_json(path: Path, default: Any = None) -> Any:
+    """The JSON document at ``path`` (``default`` when absent); a bad one raises DocumentError (a ValueError)."""
     path = Path(path)
     if not path.exists():
         return default
-    return json.loads(path.read_text(encoding="utf-8"))
+    return load_json(path)
 
 
 @dataclass(frozen=True)

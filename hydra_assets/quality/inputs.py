@@ -6,29 +6,43 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
-from hydra_assets.domain.score_table import MANIFEST_NAME
+from hydra_assets.domain.damaged_files import (
+    ABSENT,
+    DamagedFileError,
+    generated_fix,
+    generated_manifest_problem,
+    score_frame_problem,
+)
+from hydra_assets.domain.score_table import MANIFEST_NAME, SCORE_FRAME_COLUMNS
 from hydra_assets.domain.storage import StorageLayout, read_json
 
 
 def read_generated_manifest(layout: StorageLayout, night: str, slug: str) -> dict[str, Any]:
     path = layout.generated_dir(night, slug) / MANIFEST_NAME
     try:
-        manifest = read_json(path)
+        manifest = read_json(path, default=ABSENT)
     except (OSError, ValueError) as exc:
-        raise dg.Failure(f"{path} cannot be read as JSON: {exc}") from exc
-    if manifest is None:
+        raise dg.Failure(str(DamagedFileError(path, f"cannot be read ({exc})", generated_fix(slug, night)))) from exc
+    if manifest is ABSENT:
         raise dg.Failure(f"{path} is missing: materialize generated_images for {slug} on {night} first")
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("images"), list):
-        raise dg.Failure(f"{path}: must be an object with an 'images' list (the generated_images manifest)")
+    problem = generated_manifest_problem(manifest)
+    if problem:
+        raise dg.Failure(str(DamagedFileError(path, problem, generated_fix(slug, night))))
     return manifest
 
 
 def read_scores(path: Path) -> pd.DataFrame | None:
-    """A partition's scores, or None when there are none yet (or the file is unreadable: it is rewritten)."""
+    """A partition's scores, or None when there are none yet (or the file is unreadable or lacks what
+    its readers index: it is rewritten by image_scores)."""
     if not path.is_file():
         return None
     try:
-        return pd.read_parquet(path)
+        frame = pd.read_parquet(path)
     except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid, a ValueError
         dg.get_dagster_logger().warning(f"{path} cannot be read ({exc}); every image is scored again")
         return None
+    problem = score_frame_problem(frame, SCORE_FRAME_COLUMNS)
+    if problem:  # hand-edited or written by something else: a cache of image_scores, rebuilt by re-scoring
+        dg.get_dagster_logger().warning(f"{path} {problem}; every image is scored again (re-materialize image_scores)")
+        return None
+    return frame

@@ -32,6 +32,7 @@ from hydra_assets.gpu import gpu_asset_kwargs
 from hydra_assets.metadata import table as ui_table
 from hydra_assets.partition_mappings import BY_QUEEN, queen_and_night
 from hydra_assets.partitions import queen_nights_partitions
+from hydra_assets.domain.damaged_files import DamagedFileError, read_identity_vector
 from hydra_assets.quality.inputs import read_generated_manifest, read_scores
 from hydra_assets.review.links import partition_review_url
 from hydra_assets.settings import SETTINGS
@@ -55,10 +56,10 @@ def load_identity(layout: StorageLayout, slug: str) -> tuple[np.ndarray, str]:
     path = layout.identity_dir(slug) / IDENTITY_FILE
     if not path.is_file():
         raise dg.Failure(f"{path} is missing: materialize reference_identity for {slug} (it needs faces in the references)")
-    with np.load(path) as archive:
-        if "mean" not in archive:
-            raise dg.Failure(f"{path} has no 'mean' vector: re-materialize reference_identity for {slug}")
-        return np.asarray(archive["mean"], dtype=np.float32), sha256_file(path)
+    try:
+        return read_identity_vector(path, slug), sha256_file(path)
+    except DamagedFileError as error:
+        raise dg.Failure(str(error), metadata={"file": str(path)}) from error
 
 
 def prior_approved(layout: StorageLayout, slug: str, night: str, embedding_model: str) -> tuple[np.ndarray | None, list[str]]:
