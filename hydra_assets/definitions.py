@@ -31,7 +31,7 @@ from sensors import (
     build_lora_ready_sensor,
     build_low_approval_sensor,
     build_overnight_schedule,
-    build_report_after_overnight_sensor,
+    build_report_automation_sensor,
     build_roster_sensor,
     build_run_failure_sensor,
     roster_index,
@@ -112,7 +112,7 @@ def build_definitions(resources: Mapping[str, Any], *, env: str = "local") -> dg
         sensors=[
             build_roster_sensor(sensor_status),
             build_lora_ready_sensor(sensor_status),
-            build_report_after_overnight_sensor(sensor_status),
+            build_report_automation_sensor(sensor_status),
             build_low_approval_sensor(sensor_status),
             build_run_failure_sensor(sensor_status),
         ],

@@ -1,17 +1,16 @@
 """queen_lora: the queen's LoRA, trained on her references and versioned by what it was trained on."""
 
 
-import io
 from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
 import sqlalchemy as sa
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from safetensors import SafetensorError
 
 from hydra_assets.domain import lora as domain
-from hydra_assets.domain.roster import Queen, RosterError
+from hydra_assets.domain.roster import Queen
 from hydra_assets.domain.storage import (
     StorageLayout,
     atomic_create_bytes,
@@ -21,21 +20,20 @@ from hydra_assets.domain.storage import (
     sha256_bytes,
     sha256_file,
 )
+from hydra_assets.failures import load_queen
 from hydra_assets.gpu import gpu_asset_kwargs
-from hydra_assets.metadata import markdown_table, png_preview
+from hydra_assets.domain.charts import loss_curve_png
+from hydra_assets.metadata import png_preview, table
 from hydra_assets.partitions import queens_partitions
+from hydra_assets.run_tags import LORA_LOCK_TAG, PARTITION_TAG
 from resources.catalog import CatalogResource, QueenRow
 from resources.lora_training import LoraTrainer, TrainingImage, TrainingProgress, read_lora_header, serialize_lora
 from resources.storage import HydraStorage
 
 WORKLOAD = "lora-training-sdxl"
-LOCK_TAG = "hydra/lora-queen"
-"""Run tag whose per-value concurrency limit of 1 (dagster.yaml) keeps one training per queen."""
 LORA_JOB = "queen_lora_job"
 QUEEN_LORA_KEY = dg.AssetKey("queen_lora")
-PARTITION_TAG = "dagster/partition"
 IN_PROGRESS_STATUSES = (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED)
-CURVE_SIZE = (360, 150)
 
 
 class QueenLoraConfig(dg.Config):
@@ -65,10 +63,7 @@ def queen_lora(
 ):
     slug = context.partition_key
     layout = storage.layout
-    try:
-        queen = storage.load_queen(slug)
-    except RosterError as error:
-        raise dg.Failure(description=str(error), metadata={"file": str(error.path), "field": error.field}) from error
+    queen = load_queen(storage, slug)
 
     manifest_path = layout.reference_manifest(slug)
     identity_path = layout.identity_dir(slug) / "identity.json"
@@ -160,7 +155,13 @@ def queen_lora(
         "training_images": len(used),
         "skipped_references": dg.MetadataValue.json(skipped),
         "settings": dg.MetadataValue.json(settings.to_dict()),
-        "captions": markdown_table([{"reference": e.source, "caption": e.caption} for e in used]),
+        "captions": table(
+            [{"reference": e.source, "caption": e.caption} for e in used], {"reference": "string", "caption": "string"}
+        ),
+        "versions": table(
+            _version_rows(headers, info), {"version": "int", "current": "bool", "final_loss": "float",
+                                           "steps": "int", "trained_at": "string", "training_hash": "string"},
+        ),
         "sha256": info["sha256"],
         "lora": dg.MetadataValue.path(info["path"]),
         "version_file": dg.MetadataValue.path(info["version_path"]),
@@ -174,6 +175,23 @@ def queen_lora(
             loss_curve_png(curve["losses"], info["initial_loss"], info["final_loss"]), f"{slug} loss"
         )
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(new_hash[:16]))
+
+
+def _version_rows(headers: dict[int, dict | None], info: dict) -> list[dict]:
+    """Every version on disk (and the one just trained), newest first; an unreadable header leaves blanks."""
+    known = {**headers, info["version"]: headers.get(info["version"]) or info}
+    rows = []
+    for version, header in sorted(known.items(), reverse=True):
+        header = header or {}
+        rows.append({
+            "version": version,
+            "current": version == info["version"],
+            "final_loss": float(header["final_loss"]) if header.get("final_loss") is not None else None,
+            "steps": int(header["steps"]) if header.get("steps") is not None else None,
+            "trained_at": header.get("trained_at"),
+            "training_hash": (header.get("training_hash") or "")[:16] or None,
+        })
+    return rows
 
 
 def _trains_lora(run: dg.DagsterRun) -> bool:
@@ -306,7 +324,7 @@ def _train_new_version(
     if not atomic_create_bytes(version_path, data):
         raise dg.Failure(
             f"{version_path} appeared while {slug} was training: another training of this queen ran at the "
-            f"same time (the {LOCK_TAG} run tag should prevent that); nothing was overwritten"
+            f"same time (the {LORA_LOCK_TAG} run tag should prevent that); nothing was overwritten"
         )
     info = _publish_current(layout, slug, version_path, data, domain.ours_from_header(header), strength)
     catalog.record_lora_version(
@@ -392,38 +410,3 @@ def _advance_status(catalog: CatalogResource, slug: str, target: str) -> str | N
         return None
     catalog.set_queen_status(slug, status)
     return current
-
-
-def loss_curve_png(losses: list[float], initial: float, final: float) -> bytes:
-    """A small line chart of the step losses (grey) and their running mean (blue) for the metadata preview."""
-    width, height = CURVE_SIZE
-    left, right, top, bottom = 40, 8, 8, 22
-    image = Image.new("RGB", CURVE_SIZE, "white")
-    draw = ImageDraw.Draw(image)
-    font = ImageFont.load_default()
-    values = [v for v in losses if v == v] or [initial, final]
-    low, high = min(values + [final]), max(values + [initial])
-    span = (high - low) or 1.0
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def point(index: int, value: float) -> tuple[float, float]:
-        x = left + plot_w * (index / max(1, len(values) - 1))
-        return x, top + plot_h * (1 - (value - low) / span)
-
-    draw.rectangle((left, top, width - right, height - bottom), outline=(180, 180, 180))
-    if len(values) > 1:
-        draw.line([point(i, v) for i, v in enumerate(values)], fill=(170, 170, 170), width=1)
-        window = max(1, len(values) // 10)
-        running = [_mean(values[max(0, i - window + 1) : i + 1]) for i in range(len(values))]
-        draw.line([point(i, v) for i, v in enumerate(running)], fill=(30, 90, 200), width=2)
-    draw.text((2, top), f"{high:.3f}", fill="black", font=font)
-    draw.text((2, height - bottom - 10), f"{low:.3f}", fill="black", font=font)
-    caption = f"{len(losses)} steps  loss {initial:.4f} -> {final:.4f}"
-    draw.text((left, height - bottom + 4), caption, fill="black", font=font)
-    buffer = io.BytesIO()
-    image.quantize(colors=16).save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)

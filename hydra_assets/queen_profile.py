@@ -8,6 +8,7 @@ import dagster as dg
 from hydra_assets.domain.prompts import build_prompts
 from hydra_assets.domain.roster import RosterError
 from hydra_assets.domain.storage import atomic_write_json, sha256_bytes, sha256_file
+from hydra_assets.failures import roster_failure
 from hydra_assets.partitions import queens_partitions
 from resources.catalog import CatalogResource
 from resources.storage import HydraStorage
@@ -25,7 +26,7 @@ def queen_profile(context: dg.AssetExecutionContext, storage: HydraStorage, cata
         path = storage.roster_file(slug)
         queen = storage.load_queen(slug)
     except RosterError as error:
-        raise dg.Failure(description=str(error), metadata={"file": str(error.path), "field": error.field}) from error
+        raise roster_failure(error) from error
     prompts = build_prompts(queen)
     document = {
         "queen": queen.model_dump(mode="json"),

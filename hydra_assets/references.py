@@ -11,13 +11,11 @@ from PIL import Image
 from hydra_assets.domain import images
 from hydra_assets.domain.identity import summarize_identity
 from hydra_assets.domain.storage import atomic_write_bytes, atomic_write_json, read_json
-from hydra_assets.metadata import markdown_table, png_preview
+from hydra_assets.metadata import CONTACT_SHEET_LIMIT, png_preview, table
 from hydra_assets.partitions import queens_partitions
 from resources.catalog import CatalogResource
 from resources.face import FaceBackend
 from resources.storage import HydraStorage
-
-CONTACT_SHEET_LIMIT = 24
 
 
 class ReferenceImagesConfig(dg.Config):
@@ -61,7 +59,7 @@ def reference_images(context: dg.AssetExecutionContext, config: ReferenceImagesC
             "accepted": len(accepted),
             "rejected": len(rejected),
             "per_category": dg.MetadataValue.json(manifest.accepted_by_category),
-            "rejections": markdown_table([{"file": e.source, "reason": e.reason} for e in rejected], ["file", "reason"]),
+            "rejections": table([{"file": e.source, "reason": e.reason} for e in rejected], {"file": "string", "reason": "string"}),
             "stale": dg.MetadataValue.json(list(manifest.stale)),
             "reference_set_hash": manifest.reference_set_hash,
             "manifest": dg.MetadataValue.path(str(layout.reference_manifest(slug))),
@@ -138,8 +136,9 @@ def reference_identity(
             "off_identity": dg.MetadataValue.json(summary.off_identity),
             "spread": summary.spread,
             "backend": face.backend_name(),
-            "similarity_to_mean": markdown_table(
-                [{"reference": k, "similarity": f"{v:.3f}"} for k, v in summary.similarity_to_mean.items()]
+            "similarity_to_mean": table(
+                [{"reference": k, "similarity": round(v, 3)} for k, v in summary.similarity_to_mean.items()],
+                {"reference": "string", "similarity": "float"},
             ),
             "identity": dg.MetadataValue.path(str(out / "identity.json")),
         },

@@ -9,13 +9,10 @@ import dagster as dg
 
 from hydra_assets.gpu import run_priority_tags
 from hydra_assets.partitions import queens_partitions
+from hydra_assets.run_tags import LORA_LOCK_TAG, OVERNIGHT_TAG
 
 REFERENCE_ASSETS = ("queen_profile", "reference_images", "reference_identity")
 OVERNIGHT_ASSETS = ("generated_images", "image_scores", "approved_images")
-LORA_LOCK_TAG = "hydra/lora-queen"
-"""dagster.yaml allows one run per value of this tag: one training per queen at a time."""
-OVERNIGHT_TAG = "hydra/overnight"
-"""dagster.yaml limits runs with this tag to one at a time (SPEC: one overnight pipeline)."""
 
 queen_reference_job = dg.define_asset_job(
     "queen_reference_job",
@@ -37,7 +34,7 @@ queen_lora_job = dg.define_asset_job(
         run_config_for_partition_key_fn=lambda _key: {},
         tags_for_partition_key_fn=_lora_lock,
     ),
-    description="Train (or reuse) one queen's LoRA; one training per queen at a time (hydra/lora-queen tag).",
+    description=f"Train (or reuse) one queen's LoRA; one training per queen at a time ({LORA_LOCK_TAG} tag).",
 )
 
 
@@ -45,7 +42,7 @@ overnight_job = dg.define_asset_job(
     "overnight_job",
     selection=dg.AssetSelection.assets(*OVERNIGHT_ASSETS),
     tags={OVERNIGHT_TAG: "true", **run_priority_tags("image-generation-sdxl", "quality-scoring")},
-    description="One queen × night: generate → score → publish. The night's report follows each run.",
+    description="One queen × night: generate → score → publish. The night's report follows the last queen's run.",
 )
 
 quality_report_job = dg.define_asset_job(

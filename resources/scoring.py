@@ -1,7 +1,7 @@
 """Aesthetic and technical scorers for the quality gate, each behind one pluggable interface.
 
 Every scorer takes a batch of HxWx3 uint8 RGB arrays and returns one score per image on the
-SPEC's scale (already calibrated by ``hydra_assets.domain.quality.CALIBRATIONS``), and carries a
+SPEC's scale (already calibrated by ``hydra_assets.domain.image_measures.CALIBRATIONS``), and carries a
 ``backend_name()`` that is stored with every score row.
 
 Cluster backends load their weights from local paths only (the model store) and fail with a
@@ -32,7 +32,7 @@ import dagster as dg
 import numpy as np
 from pydantic import Field
 
-from hydra_assets.domain import quality
+from hydra_assets.domain import image_measures as measures
 
 LAION_MLP_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 LAION_EMBEDDING_DIM = 768
@@ -115,16 +115,16 @@ class ImageStatsAestheticProxy(AestheticScorer):
     near_duplicate_cosine: ClassVar[float] = TINY_NEAR_DUPLICATE_COSINE
 
     def backend_name(self) -> str:
-        return quality.AESTHETIC_PROXY
+        return measures.AESTHETIC_PROXY
 
     def embedding_name(self) -> str:
-        return f"tiny-image-{quality.TINY_EMBEDDING_SIDE}"
+        return f"tiny-image-{measures.TINY_EMBEDDING_SIDE}"
 
     def score_and_embed(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         batch = rgb_batch(images)
-        scores = np.array([quality.aesthetic_proxy(image) for image in batch], dtype=np.float64)
-        dim = quality.TINY_EMBEDDING_SIDE**2
-        embeddings = np.stack([quality.tiny_image_embedding(i) for i in batch]) if batch else np.empty((0, dim))
+        scores = np.array([measures.aesthetic_proxy(image) for image in batch], dtype=np.float64)
+        dim = measures.TINY_EMBEDDING_SIDE**2
+        embeddings = np.stack([measures.tiny_image_embedding(i) for i in batch]) if batch else np.empty((0, dim))
         return scores, embeddings.astype(np.float32)
 
 
@@ -197,7 +197,7 @@ class LaionAesthetic(AestheticScorer):
     near_duplicate_cosine: ClassVar[float] = CLIP_NEAR_DUPLICATE_COSINE
 
     def backend_name(self) -> str:
-        return f"{quality.LAION_AESTHETIC}/{Path(self.clip_model).stem}"
+        return f"{measures.LAION_AESTHETIC}/{Path(self.clip_model).stem}"
 
     def embedding_name(self) -> str:
         return f"open-clip/{Path(self.clip_model).stem}"
@@ -243,7 +243,7 @@ class LaionAesthetic(AestheticScorer):
 
     def score_and_embed(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         embeddings = self.embed(images)
-        return quality.calibrate(quality.LAION_AESTHETIC, self.raw_scores(embeddings)), embeddings
+        return measures.calibrate(measures.LAION_AESTHETIC, self.raw_scores(embeddings)), embeddings
 
 
 # ------------------------------------------------------------------------------ technical
@@ -265,10 +265,10 @@ class ClassicalTechnical(TechnicalScorer):
     """Sharpness (Laplacian variance), noise, exposure clipping and resolution, mapped to 0-100."""
 
     def backend_name(self) -> str:
-        return quality.CLASSICAL_TECHNICAL
+        return measures.CLASSICAL_TECHNICAL
 
     def score(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        return np.array([quality.technical_quality(image) for image in rgb_batch(images)], dtype=np.float64)
+        return np.array([measures.technical_quality(image) for image in rgb_batch(images)], dtype=np.float64)
 
 
 @functools.lru_cache(maxsize=2)
@@ -293,7 +293,7 @@ class Musiq(TechnicalScorer):
     batch_size: int = Field(default=8, ge=1, description="Images of one size per forward pass.")
 
     def backend_name(self) -> str:
-        return quality.MUSIQ_KONIQ
+        return measures.MUSIQ_KONIQ
 
     def metric(self):
         path = local_file(self.model_path, f"MUSIQ checkpoint ({MUSIQ_KONIQ_FILE})", "model_path", "Musiq",
@@ -317,4 +317,4 @@ class Musiq(TechnicalScorer):
                     pixels = torch.from_numpy(np.stack([batch[i] for i in members])).permute(0, 3, 1, 2)
                     output = metric(pixels.float().div(255.0))
                     scores[members] = output.reshape(-1).double().cpu().numpy()
-        return quality.calibrate(quality.MUSIQ_KONIQ, scores)
+        return measures.calibrate(measures.MUSIQ_KONIQ, scores)

@@ -1,14 +1,14 @@
 """Sensors and schedules."""
 
 from sensors.alerts import build_low_approval_sensor, build_run_failure_sensor
-from sensors.overnight import build_lora_ready_sensor, build_overnight_schedule, build_report_after_overnight_sensor
+from sensors.overnight import build_lora_ready_sensor, build_overnight_schedule, build_report_automation_sensor
 from sensors.roster import build_roster_sensor, roster_index
 
 __all__ = [
     "build_lora_ready_sensor",
     "build_low_approval_sensor",
     "build_overnight_schedule",
-    "build_report_after_overnight_sensor",
+    "build_report_automation_sensor",
     "build_roster_sensor",
     "build_run_failure_sensor",
     "roster_index",

@@ -4,13 +4,14 @@ import json
 
 import dagster as dg
 
-from hydra_assets.partitions import queen_nights_partitions
+from hydra_assets.domain.quality import APPROVAL_ALERT_RATE
+from hydra_assets.partition_mappings import queen_and_night
+from hydra_assets.quality.publishing import approved_images
+from hydra_assets.run_tags import PARTITION_TAG
 from resources.alerts import WebhookNotifier, webhook_body
 from sensors.events import cursor_after_latest
 
-APPROVED_IMAGES = dg.AssetKey("approved_images")
-APPROVAL_ALERT_RATE = 0.5
-"""SPEC: alert when a queen's approval rate falls below this."""
+APPROVED_IMAGES = approved_images.key
 ALERTED_MEMORY = 2000
 """Partition keys remembered as alerted; far more than a few weeks of queens × nights."""
 EVENTS_PER_TICK = 500
@@ -41,8 +42,7 @@ def build_low_approval_sensor(default_status: dg.DefaultSensorStatus) -> dg.Sens
             rate = float(rate_value.value)
             if rate >= APPROVAL_ALERT_RATE or materialization.partition in alerted:
                 continue
-            key = queen_nights_partitions.get_partition_key_from_str(materialization.partition)
-            queen, night = key.keys_by_dimension["queen"], key.keys_by_dimension["night"]
+            queen, night = queen_and_night(materialization.partition)
             message = f"approval rate {rate:.0%} for {queen} on {night} is below {APPROVAL_ALERT_RATE:.0%}"
             context.log.warning(message)
             webhook.notify(
@@ -83,7 +83,7 @@ def build_run_failure_sensor(default_status: dg.DefaultSensorStatus) -> dg.Senso
             step = None
             message = context.failure_event.message or "run failed"
         first_line = next((line for line in message.strip().splitlines() if line.strip()), message)
-        partition = run.tags.get("dagster/partition")
+        partition = run.tags.get(PARTITION_TAG)
         lines = [f"job {run.job_name}" + (f" partition {partition}" if partition else ""), f"run {run.run_id}"]
         if step:
             lines.append(f"step {step}")

@@ -1,4 +1,4 @@
-"""The overnight batch: the 22:00 schedule, and generation following a new LoRA version."""
+"""The overnight batch: the 22:00 schedule, generation following a new LoRA version, the report's automation."""
 
 import datetime as dt
 import json
@@ -8,16 +8,17 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from hydra_assets.domain.roster import roster_files, slug_for_file
-from hydra_assets.partitions import QUEENS, queen_night_key, queen_nights_partitions
+from hydra_assets.partitions import QUEENS, queen_night_key
+from hydra_assets.lora import QUEEN_LORA_KEY as QUEEN_LORA
+from hydra_assets.quality.report import OVERNIGHT_START_HOUR, quality_report
 from hydra_assets.settings import SETTINGS
-from jobs import OVERNIGHT_TAG, overnight_job, quality_report_job
+from hydra_assets.run_tags import OVERNIGHT_TAG, TRIGGER_TAG
+from jobs import overnight_job
 from resources.storage import HydraStorage
 from sensors.events import cursor_after_latest
 
 OVERNIGHT_JOB = overnight_job.name
-OVERNIGHT_CRON = "0 22 * * *"
-PARTITION_TAG = "dagster/partition"
-QUEEN_LORA = dg.AssetKey("queen_lora")
+OVERNIGHT_CRON = f"0 {OVERNIGHT_START_HOUR} * * *"
 LORA_EVENTS_PER_TICK = 500
 
 
@@ -40,7 +41,7 @@ def overnight_request(queen: str, night: str, reason: str) -> dg.RunRequest:
     return dg.RunRequest(
         run_key=f"{reason}:{night}|{queen}",
         partition_key=queen_night_key(queen, night),
-        tags={OVERNIGHT_TAG: "true", "hydra/trigger": reason},
+        tags={OVERNIGHT_TAG: "true", TRIGGER_TAG: reason},
     )
 
 
@@ -100,23 +101,16 @@ def build_lora_ready_sensor(default_status: dg.DefaultSensorStatus) -> dg.Sensor
     return lora_ready_sensor
 
 
-def build_report_after_overnight_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
-    """quality_report is per night, the overnight job per queen × night: each finished queen refreshes the report."""
+REPORT_AUTOMATION_SENSOR = "quality_report_automation_sensor"
 
-    @dg.run_status_sensor(
-        name="report_after_overnight_sensor",
-        run_status=dg.DagsterRunStatus.SUCCESS,
-        monitored_jobs=[overnight_job],
-        request_job=quality_report_job,
+
+def build_report_automation_sensor(default_status: dg.DefaultSensorStatus) -> dg.AutomationConditionSensorDefinition:
+    """Evaluates quality_report's automation condition: one report per night once its queens are done."""
+    return dg.AutomationConditionSensorDefinition(
+        REPORT_AUTOMATION_SENSOR,
+        target=dg.AssetSelection.assets(quality_report),
         default_status=default_status,
-        description="After a queen's overnight run succeeds, rebuild that night's quality report.",
+        minimum_interval_seconds=60,
+        run_tags={TRIGGER_TAG: "automation"},
+        description="Requests the night's quality report after the last of its queens' overnight runs.",
     )
-    def report_after_overnight_sensor(context: dg.RunStatusSensorContext):
-        run = context.dagster_run
-        key = run.tags.get(PARTITION_TAG)
-        if key is None:
-            return dg.SkipReason(f"run {run.run_id} has no partition tag")
-        night = queen_nights_partitions.get_partition_key_from_str(key).keys_by_dimension["night"]
-        return dg.RunRequest(run_key=f"report:{night}:{run.run_id}", partition_key=night)
-
-    return report_after_overnight_sensor

@@ -39,7 +39,7 @@ def test_every_stage_is_in_the_one_definitions(tmp_path):
     lora_tags = defs.resolve_job_def("queen_lora_job").partitioned_config.get_tags_for_partition_key("ada")
     assert lora_tags["hydra/lora-queen"] == "ada"
     assert defs.resolve_schedule_def("overnight_schedule").job_name == "overnight_job"
-    for name in ("lora_ready_sensor", "report_after_overnight_sensor", "low_approval_sensor", "run_failure_sensor"):
+    for name in ("lora_ready_sensor", "quality_report_automation_sensor", "low_approval_sensor", "run_failure_sensor"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
 
 
@@ -51,6 +51,7 @@ def test_cluster_runs_every_step_in_its_own_pod(tmp_path):
     defs = build_definitions(cluster_resources(), env="cluster")
     assert defs.resolve_job_def("overnight_job").executor_def is k8s_job_executor
     assert defs.resolve_sensor_def("roster_sensor").default_status == dg.DefaultSensorStatus.STOPPED
+    assert defs.resolve_sensor_def("quality_report_automation_sensor").default_status == dg.DefaultSensorStatus.STOPPED
     assert build_definitions(cluster_resources(), env="local").resolve_job_def("overnight_job").executor_def is not k8s_job_executor
 
 

@@ -392,6 +392,10 @@ def test_queen_lora_reuses_an_unchanged_version_and_keeps_v1_when_references_cha
     assert v1.is_file() and sha256_file(v1) == first["sha256"], "v1 must stay on disk untouched"
     assert sha256_file(layout.lora_path(SLUG)) == sha256_file(v2)
     assert json.loads(layout.lora_info_path(SLUG).read_text())["version"] == 2
+    versions = [r.data for r in second["versions"].records]
+    assert [(v["version"], v["current"]) for v in versions] == [(2, True), (1, False)]
+    assert versions[1]["final_loss"] == pytest.approx(first["final_loss"], rel=1e-5)
+    assert versions[0]["training_hash"] == second["training_hash"][:16]
     rows, status = lora_rows(url)
     assert rows == [(1, "ready", 2, 1, v1.stat().st_size), (2, "ready", 3, 1, v2.stat().st_size)]
     assert status == "lora_ready"

@@ -107,28 +107,72 @@ def test_new_lora_version_requests_that_queens_night_once():
         assert [q for q, _ in requested(fourth.run_requests)] == ["ada"]
 
 
-def test_a_finished_overnight_run_requests_its_nights_report_once_per_run():
-    from sensors.overnight import build_report_after_overnight_sensor
+def test_a_night_with_two_queens_gets_one_report_after_both_overnight_runs(tmp_path):
+    """quality_report's automation condition, evaluated as its sensor does, against real runs of approved_images.
 
-    @dg.op
-    def publish() -> None:
-        return None
+    bea's run is still going while ada's finishes (a queued run counts the same: its planned
+    materialization is logged when the run is created).
+    """
+    import threading
 
-    @dg.job(tags={"dagster/partition": "2026-11-20|ada"})
-    def stand_in_overnight() -> None:
-        publish()
+    from hydra_assets.partitions import queen_night_key, queen_nights_partitions
+    from tests.helpers import hydra_definitions
 
-    sensor = build_report_after_overnight_sensor(dg.DefaultSensorStatus.STOPPED)
+    defs = hydra_definitions(tmp_path)
+    night = "2026-11-20"
+    cursor = {}
+    bea_running, bea_may_finish = threading.Event(), threading.Event()
+
+    def evaluate(instance: dg.DagsterInstance) -> set[str | None]:
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=dg.AssetSelection.assets("quality_report"),
+            cursor=cursor.get("last"),
+        )
+        cursor["last"] = result.cursor
+        return set(result.get_requested_partitions(dg.AssetKey("quality_report")))
+
+    @dg.asset(name="approved_images", partitions_def=queen_nights_partitions)
+    def overnight_publish(context) -> None:
+        """Stands in for the overnight run's last step, so the test controls when bea's run ends."""
+        if context.partition_key.keys_by_dimension["queen"] == "bea":
+            bea_running.set()
+            assert bea_may_finish.wait(timeout=60)
+
+    def publish(instance: dg.DagsterInstance, queen: str) -> None:
+        assert dg.materialize([overnight_publish], partition_key=queen_night_key(queen, night), instance=instance).success
+
     with dg.instance_for_test() as instance:
-        requests = []
-        for _ in range(2):  # two queens of the same night finishing
-            result = stand_in_overnight.execute_in_process(instance=instance)
-            context = dg.build_run_status_sensor_context(
-                sensor_name=sensor.name,
-                dagster_instance=instance,
-                dagster_run=result.dagster_run,
-                dagster_event=result.get_run_success_event(),
-            )
-            requests.append(sensor(context))
-    assert [r.partition_key for r in requests] == ["2026-11-20", "2026-11-20"]
-    assert requests[0].run_key != requests[1].run_key  # each finished queen refreshes the report
+        instance.add_dynamic_partitions(QUEENS, ["ada", "bea", "cora"])  # cora has no LoRA: no run tonight
+        assert evaluate(instance) == set()  # the sensor is on before the night starts
+        bea = threading.Thread(target=publish, args=(instance, "bea"))
+        bea.start()
+        try:
+            assert bea_running.wait(timeout=60)
+            publish(instance, "ada")
+            assert evaluate(instance) == set(), "no report while a queen of the night is still running"
+        finally:
+            bea_may_finish.set()
+            bea.join(timeout=60)
+        assert evaluate(instance) == {night}, "one report once both queens are done"
+        assert evaluate(instance) == set(), "not one report per queen run"
+
+        # a morning re-run of one queen (an override) refreshes the night's report once
+        publish(instance, "ada")
+        assert evaluate(instance) == {night}
+        assert evaluate(instance) == set()
+
+
+def test_the_report_sensor_evaluates_the_reports_condition(tmp_path):
+    from tests.helpers import hydra_definitions
+
+    defs = hydra_definitions(tmp_path)
+    sensor = defs.resolve_sensor_def("quality_report_automation_sensor")
+    assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
+    assert sensor.asset_selection.resolve(defs.resolve_asset_graph()) == {dg.AssetKey("quality_report")}
+    condition = defs.resolve_asset_graph().get(dg.AssetKey("quality_report")).automation_condition
+    assert condition.get_label() == "one report per night once its queens are done"
+    freshness = defs.resolve_asset_graph().get(dg.AssetKey("quality_report")).freshness_policy
+    # materialized between the 22:00 schedule and 07:00 the next morning, in the studio's timezone
+    assert (freshness.deadline_cron, freshness.lower_bound_delta) == ("0 7 * * *", dt.timedelta(hours=9))
+    assert freshness.timezone == SETTINGS.timezone
+    assert defs.resolve_schedule_def("overnight_schedule").cron_schedule == "0 22 * * *"

@@ -1,7 +1,7 @@
 """image_scores, approved_images and quality_report on a night of images derived from the demo references.
 
 The generated_images manifest is written here in the shape its asset writes (the contract in
-hydra_assets/quality.py's docstring), and so is the queen's identity, so these tests need
+hydra_assets/quality/scoring.py's docstring), and so is the queen's identity, so these tests need
 neither a generator nor the reference job; the slow test runs the real reference job instead.
 """
 
@@ -20,11 +20,14 @@ import pytest
 import sqlalchemy as sa
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from hydra_assets.domain import contact_sheets
 from hydra_assets.domain.demo_data import write_demo_data
+from hydra_assets.domain.overrides import parse_overrides
+from hydra_assets.domain.publishing import publish_file
 from hydra_assets.domain.roster import load_queen
 from hydra_assets.domain.storage import StorageLayout, atomic_write_json, sha256_file
 from hydra_assets.partitions import QUEENS, queen_night_key
-from hydra_assets.quality import approved_images, image_scores, publish_file, quality_report
+from hydra_assets.quality import approved_images, image_scores, quality_report
 from resources.catalog import CatalogResource
 from resources.face import DlibFaceBackend
 from resources.metrics import MetricsPusher
@@ -144,7 +147,7 @@ def quality_resources(root: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def scored_night(tmp_path_factory) -> tuple[Path, dict]:
+def scored_night(tmp_path_factory) -> tuple[Path, dict, dict]:
     """Demo roster, identity, one night of images, the queen's catalog row, and image_scores run
     once over them (face detection is most of a test's time, so the night is scored only here)."""
     root = tmp_path_factory.mktemp("scored")
@@ -161,13 +164,13 @@ def scored_night(tmp_path_factory) -> tuple[Path, dict]:
                                 instance=instance)
         assert result.success
     resources["catalog"].dispose()
-    return root, metadata(result, "image_scores")
+    return root, metadata(result, "image_scores"), {c.check_name: c for c in result.get_asset_check_evaluations()}
 
 
 @pytest.fixture
 def night(scored_night, tmp_path):
     """A private copy of the scored night, with its own Dagster instance."""
-    prepared, _ = scored_night
+    prepared, _, _ = scored_night
     root = tmp_path / "night"
     shutil.copytree(prepared, root)
     resources = quality_resources(root)
@@ -189,6 +192,12 @@ def metadata(result: dg.ExecuteInProcessResult, asset: str) -> dict:
     return {k: getattr(v, "value", v) for k, v in event.event_specific_data.materialization.metadata.items()}
 
 
+def metadata_of_last(night, asset: str) -> dict:
+    """The metadata of ``asset``'s latest materialization in the night's instance."""
+    [record] = night["instance"].fetch_materializations(dg.AssetKey(asset), limit=1).records
+    return {k: getattr(v, "value", v) for k, v in record.asset_materialization.metadata.items()}
+
+
 def query(url: str, sql: str) -> list[tuple]:
     engine = sa.create_engine(url)
     with engine.connect() as connection:
@@ -203,7 +212,7 @@ def test_a_night_is_scored_gated_published_and_reported(scored_night, night):
     assert result.success
 
     scores = pd.read_parquet(layout.scores_path(NIGHT, SLUG))
-    kept, _ = check_reasons(scores)
+    kept, duplicate = check_reasons(scores)
     by_id = scores.set_index("image_id")
     assert set(scores["aesthetic_backend"]) == {"image-stats-aesthetic-proxy-v1"}
     assert set(scores["technical_backend"]) == {"classical-technical-v1"}
@@ -222,9 +231,14 @@ def test_a_night_is_scored_gated_published_and_reported(scored_night, night):
     assert samples[f'hydra_images_generated_total{{approved="true",asset_type="pose",queen_slug="{SLUG}"}}'] == 1
     assert "hydra_queue_depth" in samples
 
-    _, scored = scored_night
+    _, scored, score_checks = scored_night
+    assert score_checks["every_image_scored_once"].passed and score_checks["scores_in_range"].passed
     assert (scored["generated"], scored["approved"], scored["scored"], scored["reused"]) == (9, 2, 8, 0)
     assert scored["unreadable"] == [image_id("expression-002")] and scored["failed_in_generation"] == 1
+    score_rows = {r.data["image"]: r.data for r in scored["scores"].records}
+    assert score_rows[image_id("expression-002")]["aesthetic"] is None
+    assert score_rows[image_id("expression-002")]["decision"] == "unreadable"
+    assert 0.0 <= score_rows[image_id("pose-002")]["composite"] <= 1.0
 
     # catalog rows mirror the parquet
     rows = query(night["catalog_url"], "select file_path, approved, rejection_reason, seed, approval_method, "
@@ -245,27 +259,78 @@ def test_a_night_is_scored_gated_published_and_reported(scored_night, night):
         next(generated.glob(f"pose/{image_id('pose-002')}-*.png")).name]
     assert not layout.approved_images(SLUG, "expressions").exists()
     assert len(list((layout.overnight(NIGHT) / "approved" / SLUG).iterdir())) == 2
-    assert len(list((layout.overnight(NIGHT) / "rejected" / SLUG).iterdir())) == 7
+    rejected_folder = layout.overnight(NIGHT) / "rejected" / SLUG
+    assert len(list(rejected_folder.glob("*.png"))) == 7
+    assert [p.name for p in rejected_folder.iterdir() if p.suffix != ".png"] == ["reasons.json"]
     assert query(night["catalog_url"], "select portrait_count, expression_count, pose_count from queens "
                  f"where slug = '{SLUG}'") == [(1, 0, 1)]
 
     published_meta = metadata(result, "approved_images")
     assert published_meta["approval_rate"] == pytest.approx(2 / 9)
     assert published_meta["files"] == {"asset_linked": 2, "night_linked": 9}
+
+    # reasons.json says, per rejected image, why, with the scores, thresholds, partner and file
+    reasons = json.loads((rejected_folder / "reasons.json").read_text())
+    assert {i: e["reason"] for i, e in reasons["images"].items()} == {
+        **{image_id(short): reason for short, reason in EXPECTED_REASONS.items() if reason}, duplicate: "near_duplicate"}
+    for image, entry in reasons["images"].items():
+        assert (rejected_folder / entry["file"]).is_file() and entry["file"].startswith(image)
+    assert reasons["images"][duplicate]["near_duplicate_of"] == kept
+    blurred = reasons["images"][image_id("portrait-002")]
+    assert blurred["scores"]["technical"] == pytest.approx(by_id.loc[image_id("portrait-002"), "technical_score"])
+    assert (blurred["gate"], blurred["thresholds"]["technical"]) == ("technical", 70.0) and blurred["scores"]["technical"] < 70
+    assert reasons["images"][image_id("pose-000")]["scores"]["face_match"] is None  # no face: null, not NaN
+    assert published_meta["reasons_file"] == str(rejected_folder / "reasons.json")
+
+    # contact sheets: both decisions for every type, full colour, the tiles at full size
+    sheets_dir = layout.contact_sheets_dir(NIGHT)
+    names = {f"{d} {t}": f"{SLUG}-{d}-{t}.png" for d in ("approved", "rejected") for t in ("expression", "portrait", "pose")}
+    assert sorted(p.name for p in sheets_dir.iterdir()) == sorted(names.values())
+    assert published_meta["contact_sheets"] == {label: str(sheets_dir / name) for label, name in names.items()}
+    rejected_expressions = Image.open(sheets_dir / names["rejected expression"])
+    assert rejected_expressions.mode == "RGB"
+    assert rejected_expressions.width == 3 * (contact_sheets.TILE_SIZE + contact_sheets.PADDING) + contact_sheets.PADDING
+    approved_pose = np.asarray(Image.open(sheets_dir / names["approved pose"]), dtype=float)
+    source = contact_sheets.thumbnail_of(next(generated.glob(f"pose/{image_id('pose-002')}-*.png")), contact_sheets.TILE_SIZE)
+    top = contact_sheets._line_height(contact_sheets.load_font(contact_sheets.TITLE_FONT_SIZE)) + 2 * contact_sheets.PADDING
+    tile = approved_pose[top: top + source.height, contact_sheets.PADDING: contact_sheets.PADDING + source.width]
+    assert np.abs(tile - np.asarray(source, dtype=float)).mean() < 1.0, "the approved pose, unscaled and undithered"
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert not checks["approval_rate_at_least_half"].passed
     assert checks["approval_rate_at_least_half"].severity == dg.AssetCheckSeverity.WARN
-    assert checks["every_image_scored_once"].passed and checks["scores_in_range"].passed
 
     report = materialize(night, [quality_report], NIGHT)
     assert report.success
     text = layout.report_path(NIGHT).read_text()
-    assert "9 images generated, 2 approved, 7 rejected" in text and "| nova-sterling | 9 | 2 | 7 | 22% |" in text
+    assert "9 images generated, 2 approved, 7 rejected" in text and "| nova-sterling | run | 9 | 2 | 7 | 22.2 % |" in text
     assert "Alert:** approval rate below 50% for nova-sterling" in text
+    # every roster queen: ada-marlowe has photos but no processed references and no LoRA
+    assert "| ada-marlowe | not run: references not processed; no LoRA | - |" in text
+    assert f"[reasons.json](rejected/{SLUG}/reasons.json)" in text
+    assert f"[rejected pose](contact_sheets/{SLUG}-rejected-pose.png)" in text
+    assert f"- `technical<70` (2): `{image_id('expression-000')}`, `{image_id('portrait-002')}`" in text
+    snippet = text.split(f"`overrides/{SLUG}.yaml`:\n\n```yaml\n", 1)[1].split("```", 1)[0]
+    assert sorted(parse_overrides(snippet, "snippet")) == sorted(
+        i for i, e in reasons["images"].items() if e["reason"] != "unreadable")
     report_meta = metadata(report, "quality_report")
+    assert report_meta["not_run"] == {"ada-marlowe": "references not processed; no LoRA"}
+    table = report_meta["table"]
+    assert [c.name for c in table.schema.columns][:6] == ["queen", "status", "generated", "approved", "rejected",
+                                                          "approval_rate_pct"]
+    rows = {r.data["queen"]: r.data for r in table.records}
+    assert list(rows) == ["ada-marlowe", SLUG, "overall"]
+    assert (rows[SLUG]["status"], rows[SLUG]["generated"], rows[SLUG]["approval_rate_pct"]) == ("run", 9, 22.2)
+    assert rows["ada-marlowe"]["generated"] is None
+    assert report_meta["threshold_suggestions"] == [], "nobody has overridden anything yet"
     assert report_meta["rejection_reasons"] == {
         "aesthetic<6.5": 1, "face<0.7": 1, "near_duplicate": 1, "no_face": 1, "technical<70": 2, "unreadable": 1}
     assert report_meta["histogram"].startswith("![scores")
+    # the report's table (every roster queen, then overall; its schema is checked above)
+    assert (rows[SLUG]["queen"], rows[SLUG]["generated"], rows[SLUG]["approved"]) == (SLUG, 9, 2)
+    assert rows["overall"]["queen"] == "overall" and rows["overall"]["approval_rate_pct"] == round(100 * 2 / 9, 1)
+    assert all(c.description for c in report_meta["table"].schema.columns), "every column says what it holds"
+    per_type = {r.data["type"]: (r.data["approved"], r.data["rejected"]) for r in published_meta["per_type"].records}
+    assert per_type == {"expression": (0, 3), "portrait": (1, 2), "pose": (1, 2)}
     metrics = query(night["catalog_url"], "select queen_id is null, granularity, total_generated, total_approved, "
                     "approval_rate, rejection_breakdown from quality_metrics order by queen_id is null")
     assert [(m[0], m[1], m[2], m[3]) for m in metrics] == [(0, "daily", 9, 2), (1, "daily", 9, 2)]
@@ -298,6 +363,19 @@ def test_rerun_with_manual_overrides_reuses_scores_and_moves_files(night):
     assert metadata(result, "approved_images")["withdrawn"] == [str(layout.approved_images(SLUG, "portraits") / published_before[0])]
     night_rejected = {p.name for p in (layout.overnight(NIGHT) / "rejected" / SLUG).iterdir()}
     assert published_before[0] in night_rejected and not any(image_id("portrait-002") in n for n in night_rejected)
+    reasons = json.loads(layout.rejection_reasons_path(NIGHT, SLUG).read_text())["images"]
+    assert image_id("portrait-002") not in reasons, "approved by maria: no longer a rejection"
+    assert (reasons[kept]["reason"], reasons[kept]["approval_method"], reasons[kept]["decided_by"]) == (
+        "manual: wrong outfit", "manual", "li")
+    assert reasons[kept]["file"] == published_before[0]
+
+    # the report learns from li's rejection of an image every gate passed: a face cut just above it
+    assert materialize(night, [quality_report], NIGHT).success
+    suggested = {s["score"]: s for s in metadata_of_last(night, "quality_report")["threshold_suggestions"]}
+    face = suggested["face_match"]
+    assert (face["labelled"], face["reversed"], face["current"]) == (1, 1, 0.7)
+    assert 0 < face["suggested"] - scores.loc[kept, "face_match_score"] <= 0.01 + 1e-9
+    assert "## Learned thresholds (suggestions, never applied)" in layout.report_path(NIGHT).read_text()
 
     # a third run changes nothing on disk and duplicates nothing
     before = sorted(str(p) for p in layout.root.rglob("*.png"))
@@ -318,6 +396,52 @@ def test_an_image_already_approved_on_an_earlier_night_is_a_near_duplicate(night
     first = scores.loc[image_id("portrait-000", NEXT_NIGHT)]
     assert (first["rejection_reason"], first["near_duplicate_of"]) == ("near_duplicate", kept)
     assert scores.loc[image_id("pose-000", NEXT_NIGHT), "approved"]
+
+
+@pytest.mark.parametrize("breakage", ["entry outside the folder", "stale out-of-range score"])
+def test_a_score_table_that_fails_its_checks_publishes_nothing(night, breakage):
+    """image_scores' blocking checks stop approved_images before a file or a catalog count is written."""
+    layout: StorageLayout = night["layout"]
+    if breakage == "entry outside the folder":  # listed in the manifest, never scored
+        manifest_path = layout.generated_dir(NIGHT, SLUG) / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        outside = {**manifest["images"][0], "image_id": image_id("pose-009"), "file": "../../../elsewhere.png"}
+        atomic_write_json(manifest_path, {**manifest, "images": [*manifest["images"], outside]})
+        failed, findings = "every_image_scored_once", ("missing", [image_id("pose-009")])
+    else:  # an earlier table's impossible score, reused because file and backends are unchanged
+        scores = pd.read_parquet(layout.scores_path(NIGHT, SLUG))
+        scores.loc[scores["image_id"] == image_id("pose-002"), "aesthetic_score"] = 12.0
+        scores.to_parquet(layout.scores_path(NIGHT, SLUG), index=False)
+        failed, findings = "scores_in_range", ("out_of_range", {"aesthetic_score": [image_id("pose-002")]})
+
+    result = materialize(night, [image_scores, approved_images], queen_night_key(SLUG, NIGHT), raise_on_error=False)
+    assert not result.success
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks[failed].passed and checks[failed].blocking
+    assert checks[failed].metadata[findings[0]].value == findings[1]
+    assert [e.asset_key.to_user_string() for e in result.get_asset_materialization_events()] == ["image_scores"]
+    assert not layout.overnight(NIGHT).joinpath("approved").exists()
+    assert not layout.overnight(NIGHT).joinpath("rejected").exists()
+    assert not layout.approved_images(SLUG, "portraits").exists()
+    assert query(night["catalog_url"], f"select portrait_count, pose_count from queens where slug = '{SLUG}'") == [(0, 0)]
+
+
+def test_the_report_says_whose_run_failed(night):
+    """A queen with no images and a failed run, and one whose images stand but whose last run failed."""
+    layout: StorageLayout = night["layout"]
+    night["instance"].add_dynamic_partitions(QUEENS, ["ada-marlowe"])
+    ada = materialize(night, [image_scores], queen_night_key("ada-marlowe", NIGHT), raise_on_error=False)
+    layout.overrides_path(NIGHT, SLUG).parent.mkdir(parents=True)
+    layout.overrides_path(NIGHT, SLUG).write_text(f"{image_id('pose-000')}: {{decision: maybe, by: maria}}\n")
+    nova = materialize(night, [image_scores], queen_night_key(SLUG, NIGHT), raise_on_error=False)
+    assert not ada.success and not nova.success
+
+    assert materialize(night, [quality_report], NIGHT).success
+    meta = metadata_of_last(night, "quality_report")
+    assert meta["not_run"] == {"ada-marlowe": f"references not processed; no LoRA; run failed (run {ada.run_id[:8]})"}
+    text = layout.report_path(NIGHT).read_text()
+    assert f"| ada-marlowe | not run: references not processed; no LoRA; run failed (run {ada.run_id[:8]}) | - |" in text
+    assert f"| {SLUG} | run (run failed (run {nova.run_id[:8]})) | 9 | 2 | 7 | 22.2 % |" in text, "the last scores still stand"
 
 
 @pytest.mark.parametrize(

@@ -1,7 +1,7 @@
 """The quality gate's pure rules: measures, calibration, gate order, overrides, near-duplicates, report.
 
 Run as a script (``.venv/bin/python tests/test_quality_domain.py``) to print the measurement
-table that the calibration anchors in hydra_assets/domain/quality.py come from.
+table that the calibration anchors in hydra_assets/domain/image_measures.py come from.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from hydra_assets.domain import quality
+from hydra_assets.domain import image_measures as measures
+from hydra_assets.domain import quality, quality_report
 from hydra_assets.domain.demo_data import astronaut_photo, grace_hopper_photo
 from hydra_assets.domain.roster import GenerationConfig
 from hydra_assets.domain.quality import Override, OverrideError, Thresholds
@@ -57,65 +58,65 @@ def photos() -> dict[str, Image.Image]:
 
 @pytest.mark.parametrize("name", ["astronaut", "grace_hopper"])
 def test_classical_technical_scores_the_sharp_photo_above_its_damaged_versions(photos, name):
-    sharp = quality.technical_quality(np.asarray(photos[name]))
+    sharp = measures.technical_quality(np.asarray(photos[name]))
     assert sharp >= 70.0, "a clean photo must pass the default technical gate"
     for edit, image in degraded(photos[name]).items():
-        damaged = quality.technical_quality(np.asarray(image))
+        damaged = measures.technical_quality(np.asarray(image))
         assert damaged < 70.0 <= sharp, f"{name} {edit}: {damaged:.1f} vs sharp {sharp:.1f}"
 
 
 def test_each_technical_factor_reacts_to_its_own_flaw(photos):
-    base = quality.factor_values(quality.image_statistics(np.asarray(photos["astronaut"])), quality.TECHNICAL_FACTORS)
+    base = measures.factor_values(measures.image_statistics(np.asarray(photos["astronaut"])), measures.TECHNICAL_FACTORS)
     assert all(value == 1.0 for value in base.values()), base
     edits = degraded(photos["astronaut"])
     flaw_of = {"blur 2 px": "sharpness", "noise sigma 10": "noise", "brightness 1.6": "highlights"}
     for edit, image in edits.items():
-        factors = quality.factor_values(quality.image_statistics(np.asarray(image)), quality.TECHNICAL_FACTORS)
-        assert factors[flaw_of[edit]] < quality.FLAW_FACTOR, (edit, factors)
+        factors = measures.factor_values(measures.image_statistics(np.asarray(image)), measures.TECHNICAL_FACTORS)
+        assert factors[flaw_of[edit]] < measures.FLAW_FACTOR, (edit, factors)
     small = np.asarray(photos["astronaut"].resize((300, 300)))
-    assert quality.factor_values(quality.image_statistics(small), quality.TECHNICAL_FACTORS)["resolution"] < 0.7
+    assert measures.factor_values(measures.image_statistics(small), measures.TECHNICAL_FACTORS)["resolution"] < 0.7
 
 
 def test_noise_estimate_tracks_added_noise_and_ignores_edges():
     original = np.asarray(Image.open(astronaut_photo()).convert("RGB"), dtype=np.float64)  # 512 px: no downscale
-    assert quality.image_statistics(original.astype(np.uint8)).noise_sigma < 1.5, "edges must not read as noise"
+    assert measures.image_statistics(original.astype(np.uint8)).noise_sigma < 1.5, "edges must not read as noise"
     for sigma in (6, 12):
         grey_noise = np.random.default_rng(sigma).normal(0.0, sigma, original.shape[:2])[..., None]
         pixels = np.clip(original + grey_noise, 0, 255).astype(np.uint8)
-        assert quality.image_statistics(pixels).noise_sigma == pytest.approx(sigma, rel=0.15)
+        assert measures.image_statistics(pixels).noise_sigma == pytest.approx(sigma, rel=0.15)
 
 
 def test_aesthetic_proxy_keeps_clean_photos_above_the_gate_and_flat_ones_below(photos):
-    clean = quality.aesthetic_proxy(np.asarray(photos["astronaut"]))
+    clean = measures.aesthetic_proxy(np.asarray(photos["astronaut"]))
     assert 6.5 <= clean <= 8.0
     flat = ImageEnhance.Contrast(photos["astronaut"]).enhance(0.4)
     dark = ImageEnhance.Brightness(photos["astronaut"]).enhance(0.3)
     for image in (flat, dark):
-        score = quality.aesthetic_proxy(np.asarray(image))
+        score = measures.aesthetic_proxy(np.asarray(image))
         assert 1.0 <= score < 6.5
 
 
 def test_statistics_refuse_non_rgb_input():
     with pytest.raises(ValueError, match="HxWx3 uint8"):
-        quality.image_statistics(np.zeros((20, 20), dtype=np.uint8))
+        measures.image_statistics(np.zeros((20, 20), dtype=np.uint8))
 
 
 # ------------------------------------------------------------------------------ calibration
 
 
 def test_calibrations_put_one_visible_flaw_on_the_default_thresholds():
-    assert float(quality.calibrate(quality.CLASSICAL_TECHNICAL, quality.FLAW_FACTOR)) == pytest.approx(70.0)
-    assert float(quality.calibrate(quality.AESTHETIC_PROXY, quality.FLAW_FACTOR)) == pytest.approx(6.5)
-    assert float(quality.calibrate(quality.AESTHETIC_PROXY, 1.0)) == pytest.approx(8.0)
+    assert float(measures.calibrate(measures.CLASSICAL_TECHNICAL, measures.FLAW_FACTOR)) == pytest.approx(70.0)
+    assert float(measures.calibrate(measures.AESTHETIC_PROXY, measures.FLAW_FACTOR)) == pytest.approx(6.5)
+    assert float(measures.calibrate(measures.AESTHETIC_PROXY, 1.0)) == pytest.approx(8.0)
     # the model backends' own scales are the thresholds' scales: only clipped
-    assert quality.calibrate(quality.LAION_AESTHETIC, [0.3, 6.5, 11.2]).tolist() == [1.0, 6.5, 10.0]
-    assert quality.calibrate(quality.MUSIQ_KONIQ, [-2.0, 70.0, 104.0]).tolist() == [0.0, 70.0, 100.0]
+    assert measures.calibrate(measures.LAION_AESTHETIC, [0.3, 6.5, 11.2]).tolist() == [1.0, 6.5, 10.0]
+    assert measures.calibrate(measures.MUSIQ_KONIQ, [-2.0, 70.0, 104.0]).tolist() == [0.0, 70.0, 100.0]
 
 
-@pytest.mark.parametrize("backend", sorted(quality.CALIBRATIONS))
+@pytest.mark.parametrize("backend", sorted(measures.CALIBRATIONS))
 def test_calibrations_are_monotonic_and_land_in_the_score_range(backend):
     raw = np.linspace(-5, 120, 400)
-    mapped = quality.calibrate(backend, raw)
+    mapped = measures.calibrate(backend, raw)
     assert np.all(np.diff(mapped) >= 0)
     low, high = quality.SCORE_RANGES[quality.AESTHETIC if mapped.max() <= 10 else quality.TECHNICAL]
     assert mapped.min() >= low and mapped.max() <= high
@@ -123,7 +124,7 @@ def test_calibrations_are_monotonic_and_land_in_the_score_range(backend):
 
 def test_unknown_backend_names_the_known_ones():
     with pytest.raises(KeyError, match="classical-technical-v1"):
-        quality.calibrate("mystery", 1.0)
+        measures.calibrate("mystery", 1.0)
 
 
 def test_composite_formula():
@@ -233,7 +234,7 @@ def test_bad_overrides_name_the_file_the_image_and_the_rule(tmp_path, text, imag
 def test_an_image_and_its_one_pixel_shift_keep_only_the_better_one(photos):
     original = photos["astronaut"]
     images = [original, shifted(original), ImageOps.mirror(original)]
-    embeddings = np.stack([quality.tiny_image_embedding(np.asarray(i)) for i in images])
+    embeddings = np.stack([measures.tiny_image_embedding(np.asarray(i)) for i in images])
     # the shifted copy has the better composite here, so it is the one kept
     frame = frame_of([("orig", 7.0, 90.0, 0.90), ("shift", 7.0, 90.0, 0.95), ("mirror", 7.0, 90.0, 0.9)])
     decisions = quality.decide(frame, embeddings, DEFAULT, 0.95)
@@ -294,7 +295,7 @@ def night_scores() -> pd.DataFrame:
 
 
 def test_report_matches_an_independent_pandas_computation(night_scores):
-    summary = quality.quality_summary(night_scores)
+    summary = quality_report.quality_summary(night_scores)
     assert list(summary) == ["ada-marlowe", "nova-sterling", "overall"]
     groups = {**dict(tuple(night_scores.groupby("queen"))), "overall": night_scores}
     for name, frame in groups.items():
@@ -317,7 +318,7 @@ def test_report_matches_an_independent_pandas_computation(night_scores):
 
 def test_report_of_a_single_image_has_no_std():
     frame = frame_of([("a", 7.0, 90.0, 0.9)]).assign(queen="q", approved=True, rejection_reason=None)
-    stats = quality.quality_summary(frame)["q"]["scores"][quality.AESTHETIC]
+    stats = quality_report.quality_summary(frame)["q"]["scores"][quality.AESTHETIC]
     assert stats["count"] == 1 and stats["std"] is None and stats["p50"] == 7.0
 
 
@@ -349,7 +350,7 @@ def measurement_rows() -> list[dict[str, object]]:
         }
         for edit, edited in edits.items():
             pixels = np.asarray(edited)
-            stats = quality.image_statistics(pixels)
+            stats = measures.image_statistics(pixels)
             rows.append(
                 {
                     "photo": name,
@@ -361,8 +362,8 @@ def measurement_rows() -> list[dict[str, object]]:
                     "mean": round(stats.mean_luminance, 2),
                     "range": round(stats.tonal_range, 2),
                     "colour": round(stats.colourfulness, 1),
-                    "technical": round(quality.technical_quality(pixels), 1),
-                    "aesthetic proxy": round(quality.aesthetic_proxy(pixels), 2),
+                    "technical": round(measures.technical_quality(pixels), 1),
+                    "aesthetic proxy": round(measures.aesthetic_proxy(pixels), 2),
                 }
             )
     return rows

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from hydra_assets.domain import image_measures as measures
 from hydra_assets.domain import quality
 from hydra_assets.domain.demo_data import write_demo_data
 from hydra_assets.domain.identity import summarize_identity
@@ -178,10 +179,10 @@ def test_musiq_forward_pass_on_random_weights(tmp_path):
 def test_embedded_backends_score_batches_of_mixed_sizes_like_single_images():
     images = random_images([(64, 64), (300, 200), (96, 128)], seed=5)
     technical, proxy = ClassicalTechnical(), ImageStatsAestheticProxy()
-    assert technical.score(images).tolist() == [quality.technical_quality(i) for i in images]
+    assert technical.score(images).tolist() == [measures.technical_quality(i) for i in images]
     scores, embeddings = proxy.score_and_embed(images)
-    assert scores.tolist() == [quality.aesthetic_proxy(i) for i in images]
-    assert embeddings.shape == (3, quality.TINY_EMBEDDING_SIDE**2)
+    assert scores.tolist() == [measures.aesthetic_proxy(i) for i in images]
+    assert embeddings.shape == (3, measures.TINY_EMBEDDING_SIDE**2)
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     assert proxy.backend_name() == "image-stats-aesthetic-proxy-v1" and "proxy" in proxy.backend_name()
     assert technical.backend_name() == "classical-technical-v1"

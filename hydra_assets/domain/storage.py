@@ -128,6 +128,14 @@ class StorageLayout:
     def report_path(self, night: str) -> Path:
         return self.overnight(night) / "report.md"
 
+    def contact_sheets_dir(self, night: str) -> Path:
+        """``{slug}-{approved|rejected}-{type}.png`` for every queen of the night (approved_images)."""
+        return self.overnight(night) / "contact_sheets"
+
+    def rejection_reasons_path(self, night: str, slug: str) -> Path:
+        """Why each image in ``rejected/{slug}/`` was rejected (approved_images)."""
+        return self.overnight(night) / "rejected" / slug / "reasons.json"
+
     def approved_images(self, slug: str, asset_type_folder: str) -> Path:
         return self.root / "assets" / "images" / "queens" / slug / asset_type_folder
 

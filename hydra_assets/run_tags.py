@@ -1,0 +1,10 @@
+"""Run tags the pipeline reads or dagster.yaml limits, defined once."""
+
+PARTITION_TAG = "dagster/partition"
+"""Dagster's own tag with a run's partition key (no public constant for it in 1.13)."""
+LORA_LOCK_TAG = "hydra/lora-queen"
+"""dagster.yaml allows one run per value of this tag: one training per queen at a time."""
+OVERNIGHT_TAG = "hydra/overnight"
+"""dagster.yaml limits runs with this tag to one at a time (SPEC: one overnight pipeline)."""
+TRIGGER_TAG = "hydra/trigger"
+"""What requested a run: the schedule, a LoRA version, the report's automation."""
