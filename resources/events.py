@@ -153,6 +153,13 @@ class EventPublisher(dg.ConfigurableResource):
             )
         return self._redis
 
+    def queen_id(self, slug: str) -> int | None:
+        """The queen's catalog id for payloads; None when she has no row yet or the catalog cannot be read."""
+        try:
+            return self.catalog().queen_id(slug)
+        except (sa.exc.SQLAlchemyError, ConnectionError, OSError, ValueError):
+            return None
+
     def write(self, events: Sequence[HydraEvent]) -> None:
         """Insert the events in one transaction; raises what the database raises."""
         if events:
