@@ -6,11 +6,12 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DAGSTER_HOME ?= $(CURDIR)/var/dagster_home
 PORT ?= 3000
+REVIEW_PORT ?= 3100
 PYTEST_ARGS ?=
 MANIFESTS_DIR ?= deploy/manifests
 export DAGSTER_HOME
 
-.PHONY: install run demo test test-fast manifests dagster-home clean
+.PHONY: install run review demo test test-fast manifests dagster-home clean
 
 $(BIN)/.installed: pyproject.toml deploy/install_musiq.sh
 	$(PYTHON) -m venv $(VENV)
@@ -26,9 +27,15 @@ dagster-home:
 	mkdir -p $(DAGSTER_HOME)
 	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
+# The review app runs beside dagster dev and stops with it.
 run: install dagster-home
 	$(BIN)/hydra demo-data
-	$(BIN)/dagster dev -w workspace.yaml -p $(PORT)
+	@echo "Dagster UI: http://127.0.0.1:$(PORT)   review: http://127.0.0.1:$(REVIEW_PORT)"
+	HYDRA_DAGSTER_URL=http://127.0.0.1:$(PORT) $(BIN)/hydra review --port $(REVIEW_PORT) & review=$$!; \
+	trap 'kill $$review' EXIT INT TERM; $(BIN)/dagster dev -w workspace.yaml -p $(PORT)
+
+review: install
+	HYDRA_DAGSTER_URL=http://127.0.0.1:$(PORT) $(BIN)/hydra review --port $(REVIEW_PORT)
 
 demo: install dagster-home
 	$(BIN)/hydra demo

@@ -139,6 +139,18 @@ def _run_demo(roster_dir: Path, storage_root: Path) -> int:
     return 1 if failed else 0
 
 
+def _run_review(host: str, port: int) -> int:
+    import uvicorn
+
+    from hydra_assets.review.app import create_app
+    from hydra_assets.review.config import ReviewConfig
+
+    config = ReviewConfig.from_settings(SETTINGS)
+    print(f"hydra review: http://{host}:{port} (storage {config.storage_root}, Dagster {config.dagster_url})", flush=True)
+    uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hydra", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -149,7 +161,12 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "demo", help="run every pipeline stage for the roster (HYDRA_* settings) headless and print a summary"
     )
+    review = commands.add_parser("review", help="serve the morning review of the nights' images (HYDRA_* settings)")
+    review.add_argument("--host", default="127.0.0.1")
+    review.add_argument("--port", type=int, default=3100)
     args = parser.parse_args(argv)
+    if args.command == "review":
+        return _run_review(args.host, args.port)
     if args.command == "demo-data":
         return _write_demo_data(args.roster_dir, args.storage_root, force=args.force)
     return _run_demo(Path(SETTINGS.roster_dir), Path(SETTINGS.storage_root))

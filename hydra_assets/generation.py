@@ -28,6 +28,8 @@ from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, atomi
 from hydra_assets.gpu import gpu_asset_kwargs
 from hydra_assets.metadata import markdown_table, png_preview
 from hydra_assets.partitions import queen_nights_partitions
+from hydra_assets.review.links import partition_review_url
+from hydra_assets.settings import SETTINGS
 from resources.image_generation import ImageBackend
 from resources.metrics import MetricsPusher
 from resources.storage import HydraStorage
@@ -274,6 +276,7 @@ def generated_images(
             **({"degraded_on_purpose": degraded} if not generative else {}),
             "manifest": dg.MetadataValue.path(str(folder / gen.MANIFEST_NAME)),
             "contact_sheet": png_preview(_sheet(folder, entries), f"{slug} {night}"),
+            "review": dg.MetadataValue.url(partition_review_url(SETTINGS.review_url, night, slug)),
             "metrics": dg.MetadataValue.json(dashboard.samples()),
             "metrics_pushed": pushed,
         },

@@ -26,6 +26,14 @@ class Settings:
     catalog_url: str
     webhook_url: str | None
     pushgateway_url: str | None
+    review_url: str = "http://127.0.0.1:3100"
+    """Where `hydra review` is reached: assets link each partition's review page under it."""
+    dagster_url: str = "http://127.0.0.1:3000"
+    """The Dagster webserver the review app launches runs through (GraphQL) and links to."""
+    review_user_header: str = "X-Forwarded-User"
+    """Reverse-proxy header naming the signed-in reviewer (cluster)."""
+    review_cache_dir: str = ""
+    """Thumbnail cache of the review app; empty: var/review_cache."""
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -42,6 +50,10 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         catalog_url=environ.get("HYDRA_CATALOG_URL", f"sqlite:///{var / 'catalog.db'}"),
         webhook_url=environ.get("HYDRA_WEBHOOK_URL") or None,
         pushgateway_url=environ.get("HYDRA_PUSHGATEWAY_URL") or None,
+        review_url=environ.get("HYDRA_REVIEW_URL", "http://127.0.0.1:3100").rstrip("/"),
+        dagster_url=environ.get("HYDRA_DAGSTER_URL", "http://127.0.0.1:3000").rstrip("/"),
+        review_user_header=environ.get("HYDRA_REVIEW_USER_HEADER", "X-Forwarded-User"),
+        review_cache_dir=environ.get("HYDRA_REVIEW_CACHE_DIR", str(var / "review_cache")),
     )
 
 

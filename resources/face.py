@@ -1,6 +1,9 @@
 """Face backends for the quality gate's face match, behind one pluggable interface.
 
-Each backend finds the largest face in an image and returns a unit-norm embedding. Raw
+Each backend finds every face in an image and returns unit-norm embeddings; the face used for
+face match is the detection most likely to be the queen's (``choose_face`` in
+hydra_assets/domain/identity.py): detector confidence at least the backend's documented
+``min_det_score``, then similarity to her identity and size. Raw
 similarities are not comparable across models (dlib states its rule as a Euclidean distance
 between 128-d descriptors, InsightFace as a cosine between 512-d ArcFace embeddings), so
 every backend maps cosine similarity through a piecewise-linear calibration that sends its
@@ -31,7 +34,7 @@ import dlib
 import numpy as np
 from pydantic import Field
 
-from hydra_assets.domain.identity import unit
+from hydra_assets.domain.identity import FaceCandidate, choose_face, unit
 
 CALIBRATED_MATCH = 0.7
 """Calibrated similarity at which every backend's own same-person rule sits."""
@@ -48,6 +51,15 @@ INSIGHTFACE_SAME_PERSON_COSINE = 0.65
 """InsightFace's examples treat cosine 0.65 between ArcFace embeddings as one identity."""
 INSIGHTFACE_UNRELATED_COSINE = 0.0
 """Orthogonal ArcFace embeddings: unrelated faces (calibrated 0)."""
+
+DLIB_MIN_DET_SCORE = 0.0
+"""dlib's own decision threshold on its HOG score (``detector.run``): what ``detector(img)`` reports.
+No higher floor separates weak false hits from real faces: the face-like patch on the astronaut's
+suit scores 0.12 (upsample 1), while the same portrait's real face blurred by 3 px scores 0.08
+(sharp real faces: 1.1-1.7). Such weak hits are left to ``choose_face``: a patch is not like
+the queen, so similarity to her identity passes it over."""
+INSIGHTFACE_MIN_DET_SCORE = 0.5
+"""SCRFD's own default ``det_thresh``: its det_score is a probability, real frontal faces 0.7-0.9."""
 
 DLIB_SHAPE_PREDICTOR_FILE = "shape_predictor_5_face_landmarks.dat"
 DLIB_RECOGNITION_MODEL_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -81,21 +93,45 @@ class FaceEmbedding:
 
 
 class FaceBackend(dg.ConfigurableResource, abc.ABC):
-    """One face model: largest-face embeddings and a similarity calibrated across backends."""
+    """One face model: face embeddings, the choice of the queen's face, a calibrated similarity."""
 
     match_threshold: float = Field(
         default=CALIBRATED_MATCH, ge=0.0, le=1.0, description="Calibrated similarity that means 'same person'."
     )
+    min_det_score: float | None = Field(
+        default=None, description="Detections below this confidence are not faces; default: the backend's documented floor."
+    )
 
     calibration: ClassVar[CosineCalibration]
+    default_min_det_score: ClassVar[float]
 
     @abc.abstractmethod
     def backend_name(self) -> str:
         """Model identity recorded with every score, e.g. ``dlib-resnet-v1``."""
 
     @abc.abstractmethod
+    def embed_all_faces(self, images: Sequence[np.ndarray]) -> list[list[FaceEmbedding]]:
+        """Per HxWx3 uint8 RGB image, every detection at or above the confidence floor, embedded."""
+
+    def det_floor(self) -> float:
+        return self.default_min_det_score if self.min_det_score is None else self.min_det_score
+
     def embed_largest_faces(self, images: Sequence[np.ndarray]) -> list[FaceEmbedding | None]:
-        """Per HxWx3 uint8 RGB image, the largest face's embedding, or None when there is no face."""
+        """Per image, the largest confident face's embedding, or None when there is none
+        (references: there is no identity to compare with yet)."""
+        return [self._chosen(faces, None) for faces in self.embed_all_faces(images)]
+
+    def embed_queen_faces(self, images: Sequence[np.ndarray], identity: np.ndarray) -> list[FaceEmbedding | None]:
+        """Per image, the confident face most likely to be the queen's (see ``choose_face``)."""
+        return [self._chosen(faces, identity) for faces in self.embed_all_faces(images)]
+
+    def _chosen(self, faces: Sequence[FaceEmbedding], identity: np.ndarray | None) -> FaceEmbedding | None:
+        candidates = [
+            FaceCandidate(f.bbox, f.det_score, None if identity is None else float(self.similarity(f.embedding, identity)))
+            for f in faces
+        ]
+        index = choose_face(candidates, self.det_floor())
+        return None if index is None else faces[index]
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray | float:
         """Calibrated similarity in [0, 1] of unit embeddings ``a`` ((d,) or (n, d)) to ``b`` ((d,))."""
@@ -163,6 +199,7 @@ class DlibFaceBackend(FaceBackend):
     upsample_times: int = Field(default=1, ge=0, description="HOG upsampling: 1 finds faces down to about 40 px.")
     num_jitters: int = Field(default=1, ge=1, description="Above 1, average that many jittered crops (slower).")
 
+    default_min_det_score: ClassVar[float] = DLIB_MIN_DET_SCORE
     calibration: ClassVar[CosineCalibration] = CosineCalibration(
         unrelated=cosine_at_distance(DLIB_DIFFERENT_PERSON_DISTANCE, DLIB_DESCRIPTOR_NORM),
         same_person=cosine_at_distance(DLIB_SAME_PERSON_DISTANCE, DLIB_DESCRIPTOR_NORM),
@@ -191,36 +228,50 @@ class DlibFaceBackend(FaceBackend):
         return str(path)
 
     def raw_descriptors(self, images: Sequence[np.ndarray]) -> list[RawDescriptor | None]:
-        """Largest face per image as dlib's un-normalised descriptor, all faces in one batch call."""
+        """Largest confident face per image as dlib's un-normalised descriptor."""
+        results: list[RawDescriptor | None] = []
+        for faces in self.raw_face_descriptors(images):
+            index = choose_face([FaceCandidate(f.bbox, f.det_score) for f in faces], self.det_floor())
+            results.append(None if index is None else faces[index])
+        return results
+
+    def raw_face_descriptors(self, images: Sequence[np.ndarray]) -> list[list[RawDescriptor]]:
+        """Every confident detection per image, un-normalised, all faces in one batch call."""
         rgbs = [rgb_uint8(image) for image in images]
         detector, predictor, recognizer = load_dlib_models(*self.model_paths())
+        floor = self.det_floor()
 
         found: list[tuple[int, dlib.rectangle, float]] = []
         for index, rgb in enumerate(rgbs):
-            rects, scores, _ = detector.run(rgb, self.upsample_times, 0.0)
-            if len(rects) == 0:
-                continue
-            best = max(range(len(rects)), key=lambda k: rects[k].area())
-            found.append((index, rects[best], float(scores[best])))
+            # adjust_threshold below the floor so that every detection's score is seen
+            rects, scores, _ = detector.run(rgb, self.upsample_times, min(0.0, floor))
+            found += [(index, rect, float(score)) for rect, score in zip(rects, scores) if score >= floor]
 
-        results: list[RawDescriptor | None] = [None] * len(rgbs)
+        results: list[list[RawDescriptor]] = [[] for _ in rgbs]
         if not found:
             return results
+        images_with_faces = sorted({index for index, _, _ in found})
         shapes = []
-        for index, rect, _ in found:
+        for index in images_with_faces:
             detections = dlib.full_object_detections()
-            detections.append(predictor(rgbs[index], rect))
+            for i, rect, _ in found:
+                if i == index:
+                    detections.append(predictor(rgbs[index], rect))
             shapes.append(detections)
-        descriptors = recognizer.compute_face_descriptor([rgbs[i] for i, _, _ in found], shapes, self.num_jitters)
-        for (index, rect, score), per_image in zip(found, descriptors):
+        descriptors = recognizer.compute_face_descriptor([rgbs[i] for i in images_with_faces], shapes, self.num_jitters)
+        per_image = dict(zip(images_with_faces, descriptors))
+        seen: dict[int, int] = {}
+        for index, rect, score in found:
+            position = seen.get(index, 0)
+            seen[index] = position + 1
             bbox = clipped_bbox(rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1, rgbs[index])
-            results[index] = RawDescriptor(np.asarray(per_image[0], dtype=np.float64), bbox, score)
+            results[index].append(RawDescriptor(np.asarray(per_image[index][position], dtype=np.float64), bbox, score))
         return results
 
-    def embed_largest_faces(self, images: Sequence[np.ndarray]) -> list[FaceEmbedding | None]:
+    def embed_all_faces(self, images: Sequence[np.ndarray]) -> list[list[FaceEmbedding]]:
         return [
-            None if raw is None else FaceEmbedding(unit(raw.descriptor), raw.bbox, raw.det_score)
-            for raw in self.raw_descriptors(images)
+            [FaceEmbedding(unit(raw.descriptor), raw.bbox, raw.det_score) for raw in faces]
+            for faces in self.raw_face_descriptors(images)
         ]
 
 
@@ -251,6 +302,7 @@ class InsightFaceBackend(FaceBackend):
     det_size: int = Field(default=640, gt=0, description="Square detector input size in pixels.")
     det_thresh: float = Field(default=0.5, ge=0.0, le=1.0)
 
+    default_min_det_score: ClassVar[float] = INSIGHTFACE_MIN_DET_SCORE
     calibration: ClassVar[CosineCalibration] = CosineCalibration(
         unrelated=INSIGHTFACE_UNRELATED_COSINE, same_person=INSIGHTFACE_SAME_PERSON_COSINE
     )
@@ -269,8 +321,8 @@ class InsightFaceBackend(FaceBackend):
             )
         return folder
 
-    def embed_largest_faces(self, images: Sequence[np.ndarray]) -> list[FaceEmbedding | None]:
-        """Detect per image, then embed every image's largest face in one recognition batch."""
+    def embed_all_faces(self, images: Sequence[np.ndarray]) -> list[list[FaceEmbedding]]:
+        """Detect per image, then embed every confident face of every image in one recognition batch."""
         # InsightFace reads OpenCV's BGR order.
         bgrs = [np.ascontiguousarray(rgb_uint8(image)[..., ::-1]) for image in images]
         folder = self.model_dir()
@@ -280,20 +332,21 @@ class InsightFaceBackend(FaceBackend):
         from insightface.utils import face_align
 
         recognizer = app.models["recognition"]
+        floor = self.det_floor()
         found: list[tuple[int, tuple[int, int, int, int], float]] = []
         crops: list[np.ndarray] = []
         for index, bgr in enumerate(bgrs):
-            boxes, landmarks = app.det_model.detect(bgr, max_num=1, metric="max")
-            if boxes.shape[0] == 0:
-                continue
-            x0, y0, x1, y1, score = boxes[0]
-            found.append((index, clipped_bbox(x0, y0, x1, y1, bgr), float(score)))
-            crops.append(face_align.norm_crop(bgr, landmark=landmarks[0], image_size=recognizer.input_size[0]))
+            boxes, landmarks = app.det_model.detect(bgr, max_num=0)
+            for (x0, y0, x1, y1, score), points in zip(boxes, landmarks):
+                if score < floor:
+                    continue
+                found.append((index, clipped_bbox(x0, y0, x1, y1, bgr), float(score)))
+                crops.append(face_align.norm_crop(bgr, landmark=points, image_size=recognizer.input_size[0]))
 
-        results: list[FaceEmbedding | None] = [None] * len(bgrs)
+        results: list[list[FaceEmbedding]] = [[] for _ in bgrs]
         if not found:
             return results
         features = recognizer.get_feat(crops)
         for (index, bbox, score), feature in zip(found, features):
-            results[index] = FaceEmbedding(unit(feature), bbox, score)
+            results[index].append(FaceEmbedding(unit(feature), bbox, score))
         return results

@@ -18,12 +18,14 @@ import onnx
 import pytest
 import skimage.data
 from onnx import TensorProto, helper, numpy_helper
-from PIL import Image, ImageEnhance
+from PIL import Image, ImageEnhance, ImageFilter
 
+from hydra_assets.domain.identity import SIZE_WEIGHT, FaceCandidate, choose_face
 from resources import face
 from resources.face import (
     CALIBRATED_MATCH,
     DLIB_DESCRIPTOR_NORM,
+    DLIB_MIN_DET_SCORE,
     DLIB_RECOGNITION_MODEL_FILE,
     DLIB_SAME_PERSON_DISTANCE,
     DLIB_SHAPE_PREDICTOR_FILE,
@@ -254,6 +256,108 @@ def test_dlib_without_the_weights_package_says_how_to_install_it(monkeypatch) ->
     assert "pip install face-recognition-models" in str(raised.value)
 
 
+# ---------------------------------------------------------------- which face is the queen's
+
+
+def test_choose_face_drops_weak_detections_then_prefers_her_and_then_size() -> None:
+    big_weak = FaceCandidate((0, 0, 200, 200), det_score=0.1, similarity=0.9)
+    her_small = FaceCandidate((300, 0, 350, 50), det_score=1.2, similarity=0.8)
+    other_big = FaceCandidate((0, 300, 150, 450), det_score=1.5, similarity=0.2)
+    assert choose_face([big_weak, her_small, other_big], min_det_score=0.3) == 1
+    assert choose_face([big_weak], min_det_score=0.3) is None
+    # without an identity: the largest confident face
+    no_identity = [FaceCandidate(c.bbox, c.det_score) for c in (big_weak, her_small, other_big)]
+    assert choose_face(no_identity, min_det_score=0.3) == 2
+    # two detections of her: size decides unless the smaller is clearly more like her
+    full = FaceCandidate((0, 0, 100, 100), 1.0, similarity=0.80)
+    badge = FaceCandidate((200, 200, 250, 250), 1.4, similarity=0.80 + SIZE_WEIGHT * 0.5 - 0.01)
+    assert choose_face([badge, full], 0.3) == 1
+    assert choose_face([FaceCandidate(badge.bbox, 1.4, 0.80 + SIZE_WEIGHT * 0.5 + 0.01), full], 0.3) == 0
+
+
+def paste(base: np.ndarray, patch: Image.Image, at: tuple[int, int]) -> np.ndarray:
+    frame = Image.fromarray(base).copy()
+    frame.paste(patch, at)
+    return np.asarray(frame)
+
+
+def astronaut_identity(backend: DlibFaceBackend) -> np.ndarray:
+    """Her identity from edited copies (not the frame under test): flipped, re-encoded, brightened."""
+    variants = astronaut_variants()
+    faces = backend.embed_largest_faces([variants[n] for n in ("horizontal flip", "JPEG quality 40", "brightness 1.3, contrast 0.8")])
+    return face.unit(np.mean([f.embedding for f in faces], axis=0))
+
+
+def inside(bbox: tuple[int, int, int, int], point: tuple[int, int]) -> bool:
+    x0, y0, x1, y1 = bbox
+    return x0 <= point[0] < x1 and y0 <= point[1] < y1
+
+
+ASTRONAUT_FACE_CENTRE = (222, 125)
+
+
+def test_a_weak_face_like_patch_larger_than_her_face_is_not_chosen() -> None:
+    """The issue's badge: her head shrunk to 0.8 so HOG's weak hit on the suit (score 0.12, 90 px)
+    is larger than her face (76 px, score 1.7): the largest-face rule takes that patch."""
+    backend = DlibFaceBackend()
+    photo = astronaut()
+    head = Image.fromarray(photo).crop((140, 40, 310, 210)).resize((136, 136))
+    frame = paste(photo, head, (157, 57))
+    (faces,) = backend.embed_all_faces([frame])
+    patch = max(faces, key=lambda f: (f.bbox[2] - f.bbox[0]) * (f.bbox[3] - f.bbox[1]))
+    assert not inside(patch.bbox, ASTRONAUT_FACE_CENTRE) and patch.det_score < 0.3 < min(f.det_score for f in faces if f is not patch)
+    (largest,) = backend.embed_largest_faces([frame])
+    assert largest.bbox == patch.bbox, "without her identity the largest detection is taken"
+
+    identity = astronaut_identity(backend)
+    (chosen,) = backend.embed_queen_faces([frame], identity)
+    assert inside(chosen.bbox, ASTRONAUT_FACE_CENTRE) and chosen.det_score > 1.0
+    assert backend.similarity(chosen.embedding, identity) >= backend.match_threshold
+    assert backend.similarity(patch.embedding, identity) < backend.match_threshold, "the issue: face<0.7 from the patch"
+    # a backend configured with a higher floor drops the patch before any choice
+    (strict,) = backend.model_copy(update={"min_det_score": 0.3}).embed_largest_faces([frame])
+    assert inside(strict.bbox, ASTRONAUT_FACE_CENTRE)
+
+
+def test_a_blurred_real_face_is_still_a_face() -> None:
+    """Why the dlib floor is dlib's own threshold: a 3 px blur brings her real face down to HOG 0.08."""
+    blurred = np.asarray(Image.fromarray(astronaut()).filter(ImageFilter.GaussianBlur(3)))
+    (found,) = DlibFaceBackend().embed_largest_faces([blurred])
+    assert found is not None and inside(found.bbox, ASTRONAUT_FACE_CENTRE) and DLIB_MIN_DET_SCORE <= found.det_score < 0.3
+
+
+@pytest.mark.parametrize(("badge", "width"), [("grace hopper", 60), ("herself", 80)])
+def test_a_small_face_pasted_as_a_badge_does_not_replace_hers(badge: str, width: int) -> None:
+    """A small real face on her suit, detected more confidently than her own face (HOG 1.2-1.5)."""
+    backend = DlibFaceBackend()
+    source = Image.fromarray(grace_hopper()).crop((150, 120, 390, 380)) if badge == "grace hopper" \
+        else Image.fromarray(astronaut()).crop((160, 60, 280, 190))
+    frame = paste(astronaut(), source.resize((width, round(width * 1.08))), (150, 340))
+    (faces,) = backend.embed_all_faces([frame])
+    assert len(faces) == 2 and max(faces, key=lambda f: f.det_score).bbox[1] > 300, "the badge is the most confident"
+    identity = astronaut_identity(backend)
+    (chosen,) = backend.embed_queen_faces([frame], identity)
+    assert inside(chosen.bbox, ASTRONAUT_FACE_CENTRE)
+    assert backend.similarity(chosen.embedding, identity) >= backend.match_threshold
+
+
+def test_of_two_real_faces_the_queens_is_chosen_even_when_smaller() -> None:
+    backend = DlibFaceBackend()
+    canvas = Image.new("RGB", (900, 600), (128, 128, 128))
+    canvas.paste(Image.fromarray(astronaut()).resize((300, 300)), (0, 150))
+    canvas.paste(Image.fromarray(grace_hopper()), (388, 0))
+    frame = np.asarray(canvas)
+    (largest,) = backend.embed_largest_faces([frame])
+    assert largest.bbox[0] > 388, "Grace Hopper's is the larger face"
+    identity = astronaut_identity(backend)
+    (chosen,) = backend.embed_queen_faces([frame], identity)
+    assert chosen.bbox[2] <= 300 and backend.similarity(chosen.embedding, identity) >= backend.match_threshold
+    # and for Grace Hopper as the queen, hers
+    (grace,) = backend.embed_largest_faces([grace_hopper()])
+    (chosen_grace,) = backend.embed_queen_faces([frame], grace.embedding)
+    assert chosen_grace.bbox[0] > 388
+
+
 # ---------------------------------------------------------------- InsightFace
 
 DET_INPUT = 640
@@ -377,6 +481,17 @@ def test_insightface_embeds_the_largest_face(tiny_backend: InsightFaceBackend) -
     assert with_face.embedding.shape == (512,) and with_face.embedding.dtype == np.float32
     assert np.linalg.norm(with_face.embedding) == pytest.approx(1.0, abs=1e-6)
     assert tiny_backend.backend_name() == "insightface-tiny_pack"
+
+
+def test_insightface_keeps_every_confident_face_and_applies_its_floor(tiny_backend: InsightFaceBackend) -> None:
+    photo = np.asarray(Image.fromarray(astronaut()).resize((DET_INPUT, DET_INPUT)))
+    (faces,) = tiny_backend.embed_all_faces([photo])
+    assert sorted(f.bbox for f in faces) == sorted([(220, 136, 420, 396), (60, 60, 100, 100)])
+    strict = tiny_backend.model_copy(update={"min_det_score": max(f.det_score for f in faces) - 1e-3})
+    (only,) = strict.embed_all_faces([photo])
+    assert [f.bbox for f in only] == [(60, 60, 100, 100)], "only the more confident (small) face clears a higher floor"
+    (chosen,) = tiny_backend.embed_queen_faces([photo], faces[[f.bbox for f in faces].index((60, 60, 100, 100))].embedding)
+    assert chosen.bbox == (60, 60, 100, 100), "her identity outweighs size"
 
 
 def test_insightface_batch_matches_one_by_one_and_loads_once(tiny_backend: InsightFaceBackend, monkeypatch) -> None:

@@ -292,6 +292,7 @@ def test_demo_renderer_end_to_end_for_a_demo_queen_night(demo_root, instance):
     }
     assert (meta["new"], meta["reused"], meta["failed"], meta["backend"], meta["generative"]) == (DEMO_TOTAL, 0, 0, DEMO_RENDERER, False)
     assert meta["degraded_on_purpose"] >= 1 and "data:image/png;base64," in meta["contact_sheet"]
+    assert meta["review"].endswith(f"/nights/{NIGHT}/{SLUG}"), "the partition's review page"
     duration = f'hydra_generation_duration_seconds_count{{queen_slug="{SLUG}",task_type="generation"}}'
     assert meta["metrics"][duration] == 1 and meta["metrics_pushed"] is False
     assert "hydra_queue_depth" not in meta["metrics"]

@@ -225,6 +225,11 @@ def test_a_night_is_scored_gated_published_and_reported(scored_night, night):
     assert list(approved.index) == [kept, image_id("pose-002")]
     assert approved["approved_at"].notna().all() and by_id.loc[~by_id["approved"], "approved_at"].isna().all()
     assert json.loads(by_id.loc[image_id("pose-002"), "generation_params"])["seed"] == 1008
+    # the face used for face match is stored: its box in image pixels and the detector's confidence
+    for found in approved.to_dict("records"):
+        x0, y0, x1, y1 = found["face_bbox"]
+        assert 0 <= x0 < x1 <= SIZE and 0 <= y0 < y1 <= SIZE and found["face_det_score"] >= FACE.det_floor()
+    assert by_id.loc[image_id("pose-000"), "face_bbox"] is None and np.isnan(by_id.loc[image_id("pose-000"), "face_det_score"])
 
     # the dashboards' numbers are in the run's metadata even with no Pushgateway configured
     meta = result.asset_materializations_for_node("approved_images")[0].metadata

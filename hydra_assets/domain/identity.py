@@ -66,3 +66,46 @@ def summarize_identity(
     by_name = {name: float(score) for name, score in zip(with_face, scores)}
     off_identity = [name for name, score in by_name.items() if score < threshold]
     return IdentitySummary(mean, with_face, no_face, off_identity, by_name)
+
+
+# ------------------------------------------------------------------------------ which face is hers
+
+SIZE_WEIGHT = 0.1
+"""How much a face's size counts next to its similarity to the queen: a face half the side of the
+largest confident one needs 0.05 more calibrated similarity to be chosen. Similarity decides
+between different people; size decides between two detections of her (a badge, a reflection)."""
+
+
+@dataclass(frozen=True)
+class FaceCandidate:
+    """One detection: box (x0, y0, x1, y1), detector confidence, calibrated similarity to the queen."""
+
+    bbox: tuple[int, int, int, int]
+    det_score: float
+    similarity: float | None = None
+
+    @property
+    def area(self) -> int:
+        x0, y0, x1, y1 = self.bbox
+        return max(0, x1 - x0) * max(0, y1 - y0)
+
+
+def choose_face(candidates: Sequence[FaceCandidate], min_det_score: float) -> int | None:
+    """Index of the detection most likely to be the queen's face, or None when none is confident.
+
+    Detections below ``min_det_score`` are dropped first: a detector's weakest hits are the
+    face-like patches (a badge, a print on the clothing) that a largest-face rule would take.
+    Of the rest, the highest ``similarity + SIZE_WEIGHT * sqrt(area / largest area)`` wins;
+    without similarities (no identity yet) that is the largest confident face.
+    """
+    confident = [i for i, c in enumerate(candidates) if c.det_score >= min_det_score]
+    if not confident:
+        return None
+    largest = max(candidates[i].area for i in confident) or 1
+
+    def likelihood(index: int) -> tuple[float, int]:
+        candidate = candidates[index]
+        similarity = 0.0 if candidate.similarity is None else float(candidate.similarity)
+        return similarity + SIZE_WEIGHT * float(np.sqrt(candidate.area / largest)), candidate.area
+
+    return max(confident, key=likelihood)

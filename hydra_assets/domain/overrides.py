@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import yaml
 # ------------------------------------------------------------------------------ manual overrides
 
 OVERRIDE_DECISIONS = ("approve", "reject")
-OVERRIDE_FIELDS = ("decision", "by", "reason")
+OVERRIDE_FIELDS = ("decision", "by", "reason", "at")
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,8 @@ class Override:
     decision: str
     by: str
     reason: str | None = None
+    at: str | None = None
+    """When it was decided (ISO 8601; the review app writes it)."""
 
     @property
     def approved(self) -> bool:
@@ -74,7 +77,11 @@ def parse_overrides(text: str, path: Path | str) -> dict[str, Override]:
         reason = entry.get("reason")
         if reason is not None and not isinstance(reason, str):
             raise OverrideError(path, image_id, f"reason must be text, got {reason!r}")
-        overrides[image_id] = Override(image_id, decision, by.strip(), reason.strip() if reason else None)
+        at = entry.get("at")
+        if at is not None and not isinstance(at, str | datetime.date):
+            raise OverrideError(path, image_id, f"at must be a date and time, got {at!r}")
+        at = at.isoformat() if isinstance(at, datetime.date) else at
+        overrides[image_id] = Override(image_id, decision, by.strip(), reason.strip() if reason else None, at)
     return overrides
 
 

@@ -30,6 +30,7 @@ SCORE_FRAME_COLUMNS = (
     "approved", "approval_method", "rejection_reason", "decided_by", "near_duplicate_of", "approved_at",
     "generation_params", "prompt_used", "seed", "generated_at",
     "aesthetic_backend", "technical_backend", "face_backend", "embedding_model", "identity_hash", "embedding",
+    "face_bbox", "face_det_score",
 )
 REUSE_KEYS = ("file_hash", "aesthetic_backend", "technical_backend", "face_backend", "embedding_model", "identity_hash")
 """A previous row's scores are reused only when all of these are unchanged."""

@@ -87,6 +87,9 @@ class BatchScores:
     face_match: np.ndarray
     """NaN where no face was found."""
     embeddings: np.ndarray
+    face_boxes: list[list[int] | None]
+    """The chosen face's x0, y0, x1, y1 in the image's own pixels."""
+    face_det_scores: np.ndarray
 
 
 def score_batch(
@@ -96,16 +99,20 @@ def score_batch(
     face: FaceBackend,
     identity: np.ndarray,
 ) -> BatchScores:
-    """Every backend once over the whole batch; face match is the largest face against the identity."""
+    """Every backend once over the whole batch; face match is the face most likely hers against the identity."""
     aesthetic_scores, embeddings = aesthetic.score_and_embed(images)
     technical_scores = technical.score(images)
-    faces = face.embed_largest_faces([face_analysis_copy(image) for image in images])
+    copies = [face_analysis_copy(image) for image in images]
+    faces = face.embed_queen_faces(copies, identity)
     face_scores = np.array([np.nan if f is None else float(face.similarity(f.embedding, identity)) for f in faces])
+    scales = [image.shape[1] / copy.shape[1] for image, copy in zip(images, copies)]
     return BatchScores(
         np.asarray(aesthetic_scores, dtype=np.float64),
         np.asarray(technical_scores, dtype=np.float64),
         face_scores,
         np.asarray(embeddings, dtype=np.float32),
+        [None if f is None else [round(v * k) for v in f.bbox] for f, k in zip(faces, scales)],
+        np.array([np.nan if f is None else f.det_score for f in faces]),
     )
 
 
@@ -130,9 +137,9 @@ def _reuse_or_queue(rows: list[dict[str, Any]], previous_by_id: dict[str, dict],
         if row["_manifest_sha256"] and row["_manifest_sha256"] != row["file_hash"]:
             log.warning(f"{row['queen']} {row['night']}: {path} differs from its manifest sha256; scoring the file as it is")
         old = previous_by_id.get(row["image_id"])
-        unchanged = old is not None and all(old.get(k) == row.get(k) for k in table.REUSE_KEYS)
+        unchanged = old is not None and all(old.get(k) == row.get(k) for k in table.REUSE_KEYS) and "face_det_score" in old
         if not rescore and unchanged and not pd.isna(old[quality.AESTHETIC]):
-            for column in (quality.AESTHETIC, quality.TECHNICAL, quality.FACE_MATCH, "embedding"):
+            for column in (quality.AESTHETIC, quality.TECHNICAL, quality.FACE_MATCH, "embedding", "face_bbox", "face_det_score"):
                 row[column] = old[column]
             reused += 1
         else:
@@ -162,6 +169,7 @@ def _score_rows(rows: list[dict[str, Any]], batch_size: int, backends: tuple, id
             row[quality.TECHNICAL] = float(batch.technical[position])
             row[quality.FACE_MATCH] = float(batch.face_match[position])
             row["embedding"] = batch.embeddings[position]
+            row["face_bbox"], row["face_det_score"] = batch.face_boxes[position], float(batch.face_det_scores[position])
         scored += len(loaded)
         log.info(f"{rows[0]['queen']} {rows[0]['night']}: scored {start + len(batch_rows)} of {len(rows)} images")
     return scored, unreadable
