@@ -20,7 +20,7 @@ from hydra_assets.domain.demo_data import DEMO_QUEENS, write_demo_queen
 from hydra_assets.domain.images import process_reference_folder
 from hydra_assets.domain.roster import Queen
 from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, sha256_bytes
-from resources.image_generation import DEMO_RENDERER, DemoRenderer
+from resources.image import DEMO_RENDERER, DemoRenderer
 
 PASSES = 3
 

@@ -21,7 +21,8 @@ from resources.alerts import WebhookNotifier
 from resources.catalog import CatalogResource
 from resources.events import EventPublisher
 from resources.face import DlibFaceBackend, InsightFaceBackend
-from resources.image_generation import ComfyUIBackend, DemoRenderer
+from resources.image import ComfyUIBackend, DemoRenderer
+from resources.llm import llm_resources
 from resources.lora_training import LoraTrainer
 from resources.metrics import MetricsPusher
 from resources.scoring import ClassicalTechnical, ImageStatsAestheticProxy, LaionAesthetic, Musiq
@@ -61,6 +62,7 @@ def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
         # A tiny diffusion model built in code: the real training loop, on CPU, in seconds.
         "lora_trainer": LoraTrainer(base_model="tiny", max_steps=50, max_resolution=64, batch_size=2, cpu_threads=1),
         "image_backend": DemoRenderer(),
+        **llm_resources(),  # embedded: template prompts, the writer's lines
         "aesthetic": ImageStatsAestheticProxy(),
         "technical": ClassicalTechnical(),
         "voice": EspeakBackend(),
@@ -86,7 +88,8 @@ def cluster_resources() -> dict[str, Any]:
             gradient_checkpointing=True,
             log_every=50,
         ),
-        "image_backend": ComfyUIBackend(base_url=dg.EnvVar("HYDRA_COMFYUI_URL")),
+        "image_backend": ComfyUIBackend(base_url=dg.EnvVar("HYDRA_COMFYUI_URL"), workflows_dir=SETTINGS.workflows_dir),
+        **llm_resources(dg.EnvVar("HYDRA_LLM_BASE_URL"), model=dg.EnvVar("HYDRA_LLM_MODEL"), api_key=dg.EnvVar("HYDRA_LLM_API_KEY")),
         "aesthetic": LaionAesthetic(
             clip_checkpoint_path=dg.EnvVar("HYDRA_CLIP_CHECKPOINT"), mlp_path=dg.EnvVar("HYDRA_LAION_MLP")
         ),

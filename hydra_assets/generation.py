@@ -21,6 +21,7 @@ from PIL import Image
 from pydantic import Field
 
 from hydra_assets.domain import generation as gen
+from hydra_assets.domain import workflows as wf
 from hydra_assets.domain.images import contact_sheet
 from hydra_assets.domain.metrics import PipelineMetrics
 from hydra_assets.domain.roster import RosterError
@@ -30,7 +31,8 @@ from hydra_assets.metadata import markdown_table, png_preview
 from hydra_assets.partitions import queen_nights_partitions
 from hydra_assets.review.links import partition_review_url
 from hydra_assets.settings import SETTINGS
-from resources.image_generation import ImageBackend
+from resources.image import ImageBackend
+from resources.llm import PromptExpander
 from resources.metrics import MetricsPusher
 from resources.storage import HydraStorage
 
@@ -53,6 +55,9 @@ class GenerationConfig(dg.Config):
     scheduler: str = "karras"
     width: int = Field(default=1024, ge=64, le=4096, multiple_of=8, description="Latents are 1/8 of the image.")
     height: int = Field(default=1024, ge=64, le=4096, multiple_of=8)
+    batch_size: int = Field(
+        default=1, ge=1, le=16, description="Images per prompt (ComfyUI's hydra.size batch_size); each is kept as its own manifest line."
+    )
 
     def sampling(self) -> gen.Sampling:
         return gen.Sampling(self.steps, self.cfg, self.sampler, self.scheduler, self.width, self.height)
@@ -81,6 +86,22 @@ def current_lora(layout: StorageLayout, slug: str, strength: float) -> gen.LoraS
     return gen.lora_spec_from_info(info, layout.lora_path(slug).parent, strength, path)
 
 
+def workflow_inputs(
+    queen: Any, counts: dict[str, int], backend: ImageBackend, entries: list, identity: dict, root: Path, by_type: dict
+) -> dict[str, Any]:
+    """For a backend that runs workflow templates: the roster's template per type (default the
+    SPEC graph), the model each really loads, her face reference and style sets."""
+    if not backend.workflow_names():
+        return {}
+    chosen = {t: queen.generation_config.workflows.get(t, wf.DEFAULT_WORKFLOW) for t in counts}
+    return {
+        "workflows": chosen,
+        "models": {t: backend.model_for(name) for t, name in chosen.items()},
+        "face_reference": wf.face_reference(entries, identity, root, queen.generation_config.instant_id_reference),
+        "style_references": {t: wf.style_set(by_type.get(t, [])) for t in counts},
+    }
+
+
 def generate_partition(
     plan: Sequence[gen.GenerationRequest],
     folder: Path,
@@ -104,6 +125,10 @@ def generate_partition(
         entry = recorded.get(request.image_id)
         if entry is not None and gen.valid_entry(entry, folder, request):
             run.manifest.record_image(entry)
+            for image_id, extra in recorded.items():  # the same prompt's further outputs
+                parent, output = gen.parent_of(str(image_id))
+                if output and parent == request.image_id and gen.valid_entry(extra, folder, gen.output_request(request, output)):
+                    run.manifest.record_image(extra)
         elif (recovered := gen.recover_entry(folder, request)) is not None:
             run.manifest.record_image(recovered)
         else:
@@ -115,8 +140,8 @@ def generate_partition(
     remaining = {request.image_id: request for request in todo}
     try:
         for result in backend.generate(todo, log=log):
-            request = result.request
-            remaining.pop(request.image_id, None)
+            remaining.pop(result.request.image_id, None)
+            request = gen.output_request(result.request, result.output_index)
             run.model_seconds += result.model_seconds
             if result.error is not None or result.image is None:
                 error = result.error or f"{backend.backend_name()} returned no image"
@@ -179,6 +204,7 @@ def generated_images(
     storage: HydraStorage,
     image_backend: ImageBackend,
     metrics: MetricsPusher,
+    prompt_expander: PromptExpander,
 ):
     keys = queen_nights_partitions.get_partition_key_from_str(context.partition_key).keys_by_dimension
     slug, night = keys["queen"], keys["night"]
@@ -205,6 +231,13 @@ def generated_images(
         raise dg.Failure(f"generated_images config: {error}") from error
     counts = gen.nightly_counts(queen.generation_config.targets, asset_types, config.per_night_budget)
     generative = type(image_backend).generative
+    by_type = gen.references_by_type(
+        references.get("entries", []), layout.normalized_references(slug), list(counts), identity.get("no_face", [])
+    )
+    try:
+        templates = workflow_inputs(queen, counts, image_backend, references.get("entries", []), identity, layout.normalized_references(slug), by_type)
+    except wf.WorkflowError as error:
+        raise dg.Failure(f"{slug}: {error}") from error
     plan = gen.plan_night(
         queen=queen,
         night=night,
@@ -215,10 +248,13 @@ def generated_images(
         generative=generative,
         lora=lora if generative else None,  # a non-generative renderer uses no LoRA; its images must not claim one
         reference_set_hash=references["reference_set_hash"],
-        references=gen.references_by_type(
-            references.get("entries", []), layout.normalized_references(slug), list(counts), identity.get("no_face", [])
-        ),
+        references=by_type,
+        batch_size=config.batch_size,
+        **templates,
     )
+    expansions = prompt_expander.expand(gen.expansion_requests(plan), log=context.log, cache_dir=str(layout.root / "cache" / "prompt_expansion"))
+    plan = gen.with_expansions(plan, expansions)
+    sources = Counter(e.source for e in expansions)
     header = {
         "queen": slug,
         "night": night,
@@ -229,6 +265,8 @@ def generated_images(
         "reference_set_hash": references["reference_set_hash"],
         "lora": lora.to_manifest() if lora else None,
         "planned": counts,
+        "prompt_sources": dict(sources),
+        **({"workflows": templates["workflows"]} if templates else {}),
     }
     folder = layout.generated_dir(night, slug)
     context.log.info(f"{slug} × {night}: {len(plan)} images planned {counts} with {image_backend.backend_name()}")
@@ -272,6 +310,7 @@ def generated_images(
             "model": image_backend.model_name(),
             "model_seconds": round(run.model_seconds, 3),
             "lora_version": lora.version if lora else None,
+            "prompt_sources": dg.MetadataValue.json(dict(sources)),
             "reference_set_hash": references["reference_set_hash"],
             **({"degraded_on_purpose": degraded} if not generative else {}),
             "manifest": dg.MetadataValue.path(str(folder / gen.MANIFEST_NAME)),

@@ -34,6 +34,7 @@ class Settings:
     """Reverse-proxy header naming the signed-in reviewer (cluster)."""
     review_cache_dir: str = ""
     """Thumbnail cache of the review app; empty: var/review_cache."""
+    workflows_dir: str = str(Path("workflows").resolve())
 
 
 def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
@@ -54,6 +55,8 @@ def load_settings(environ: Mapping[str, str] = os.environ) -> Settings:
         dagster_url=environ.get("HYDRA_DAGSTER_URL", "http://127.0.0.1:3000").rstrip("/"),
         review_user_header=environ.get("HYDRA_REVIEW_USER_HEADER", "X-Forwarded-User"),
         review_cache_dir=environ.get("HYDRA_REVIEW_CACHE_DIR", str(var / "review_cache")),
+
+        workflows_dir=environ.get("HYDRA_WORKFLOWS_DIR") or str(Path("workflows").resolve()),
     )
 
 

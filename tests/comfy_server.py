@@ -14,7 +14,9 @@ Knobs for tests: ``fail_post_times`` (answer the first N POST /prompt with 500),
 ``never_finish`` (hang after the first sampler step until interrupted), ``error_on_node``
 (raise in that node), ``slow_post_times`` / ``post_delay_s`` (queue the prompt, then answer
 late, so a client timeout cannot tell whether it got in), ``checkpoints`` / ``loras`` (what
-is "installed").
+is "installed"), ``lose_prompts`` (accept the first N prompts, then forget them as a restart
+does). /object_info and /upload/image answer in the real server's shapes; cached re-runs,
+``progress_state`` and restarts are tested against the real server (tests/test_comfy_real.py).
 """
 
 from __future__ import annotations
@@ -93,14 +95,9 @@ def validate_prompt(prompt: dict[str, Any], defs: dict[str, dict[str, Any]]) -> 
     for node_id, node in prompt.items():
         if not isinstance(node, dict) or "class_type" not in node:
             return False, _error("invalid_prompt", "Cannot execute because a node is missing the class_type property.", f"Node ID '#{node_id}'"), [], {}
-        if node["class_type"] not in defs:
+        if node["class_type"] not in defs:  # as ComfyUI v0.3.64 answers
             return False, _error(
-                "missing_node_type",
-                f"Node '{node['class_type']}' not found. The custom node may not be installed.",
-                f"Node ID '#{node_id}'",
-                node_id=node_id,
-                class_type=node["class_type"],
-                node_title=node["class_type"],
+                "invalid_prompt", f"Cannot execute because node {node['class_type']} does not exist.", f"Node ID '#{node_id}'"
             ), [], {}
         if defs[node["class_type"]].get("output_node"):
             outputs.add(node_id)
@@ -218,6 +215,7 @@ class FakeComfyUI:
     slow_post_times: int = 0
     post_delay_s: float = 0.0
     step_delay_s: float = 0.001
+    lose_prompts: int = 0
 
     # what the tests look at
     post_attempts: int = 0
@@ -227,11 +225,15 @@ class FakeComfyUI:
     deleted: list[str] = field(default_factory=list)
     interrupts: int = 0
     ws_dropped: int = 0
+    uploads: int = 0
+    object_info_gets: int = 0
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.defs = node_definitions(self.checkpoints, self.loras)
+        self.input_dir = self.output_dir.with_name(self.output_dir.name + "-input")
+        self.input_dir.mkdir(parents=True, exist_ok=True)
         self.sockets: dict[str, web.WebSocketResponse] = {}
         self.pending: list[list[Any]] = []
         self.running: list[list[Any]] = []
@@ -289,6 +291,8 @@ class FakeComfyUI:
             web.post("/queue", self.post_queue),
             web.post("/interrupt", self.post_interrupt),
             web.get("/view", self.view),
+            web.get("/object_info", self.object_info),
+            web.post("/upload/image", self.upload_image),
         ]
         app.add_routes([web.route(r.method, "/api" + r.path, r.handler) for r in routes])
         app.add_routes(routes)
@@ -330,8 +334,11 @@ class FakeComfyUI:
             extra["client_id"] = body["client_id"]
         number = self.number
         self.number += 1
-        self.pending.append([number, prompt_id, prompt, extra, outputs])
         self.accepted[prompt_id] = prompt
+        if self.lose_prompts > 0:  # accepted, then gone (as a restart loses the in-memory queue)
+            self.lose_prompts -= 1
+            return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
+        self.pending.append([number, prompt_id, prompt, extra, outputs])
         self._work.set()
         await self._broadcast_status()
         if len(self.accepted) <= self.slow_post_times:
@@ -383,17 +390,46 @@ class FakeComfyUI:
         filename = request.query.get("filename", "")
         if not filename or filename[0] == "/" or ".." in filename:
             return web.Response(status=400)
-        if request.query.get("type", "output") != "output":
+        kind = request.query.get("type", "output")
+        if kind not in ("output", "input"):
             return web.Response(status=400)
-        folder = self.output_dir
+        root = self.output_dir if kind == "output" else self.input_dir
+        folder = root
         if "subfolder" in request.query:
-            folder = self.output_dir / request.query["subfolder"]
-            if os.path.commonpath((os.path.abspath(folder), str(self.output_dir))) != str(self.output_dir):
+            folder = root / request.query["subfolder"]
+            if os.path.commonpath((os.path.abspath(folder), str(root))) != str(root):
                 return web.Response(status=403)
         path = folder / os.path.basename(filename)
         if not path.is_file():
             return web.Response(status=404)
         return web.FileResponse(path, headers={"Content-Disposition": f'filename="{path.name}"'})
+
+    async def object_info(self, request: web.Request) -> web.Response:
+        """The node catalogue in /object_info's shape (combo lists first in their spec)."""
+        self.object_info_gets += 1
+        body = {}
+        for cls, spec in self.defs.items():
+            required = {name: [info[0], *(info[1:] or [{}])] for name, info in spec["required"].items()}
+            body[cls] = {"input": {"required": required}, "output": list(spec["return"]), "output_node": bool(spec.get("output_node")), "name": cls}
+        return web.json_response(body)
+
+    async def upload_image(self, request: web.Request) -> web.Response:
+        """As ComfyUI's /upload/image: without overwrite, the same bytes under the same name are
+        a duplicate and different bytes get 'name (1).png'."""
+        self.uploads += 1
+        form = await request.post()
+        upload = form.get("image")
+        if upload is None or not hasattr(upload, "file"):
+            return web.Response(status=400)
+        data = upload.file.read()
+        name = os.path.basename(upload.filename)
+        stem, ext = os.path.splitext(name)
+        path, n = self.input_dir / name, 1
+        overwrite = form.get("overwrite") in ("true", "1")
+        while path.exists() and not overwrite and path.read_bytes() != data:
+            path, n = self.input_dir / f"{stem} ({n}){ext}", n + 1
+        path.write_bytes(data)
+        return web.json_response({"name": path.name, "subfolder": "", "type": "input"})
 
     # -- execution -----------------------------------------------------------------------------
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+from pathlib import Path
+import time
 
 import numpy as np
 import pytest
@@ -10,15 +13,19 @@ import requests
 
 from hydra_assets.domain import comfy_workflow as wf
 from hydra_assets.domain import generation as gen
+from hydra_assets.domain.workflows import WorkflowError
 from hydra_assets.domain.demo_data import DEMO_QUEENS
 from hydra_assets.domain.roster import Queen
-from resources.image_generation import (
+from resources.image import (
     ComfyUIBackend,
+    ComfyUIPreflightError,
+    ComfyUITimeout,
     ComfyUIUnavailable,
     ComfyUIValidationError,
     backoff_delay,
     describe_prompt_rejection,
 )
+from resources.image.comfy_http import Transport
 from tests.comfy_server import FakeComfyUI, render_png
 
 NOVA = Queen.model_validate(DEMO_QUEENS[0].roster)
@@ -79,19 +86,35 @@ def test_normal_run_follows_the_websocket_and_downloads_each_image(comfy):
     assert server.history_gets == 0  # outputs came over the websocket
 
 
-def test_rejected_graph_names_node_input_and_message_and_spares_the_batch(comfy):
+def submit_one(backend: ComfyUIBackend, request: gen.GenerationRequest) -> str:
+    http = Transport(backend.base_url, 5.0, time.monotonic() + 30)
+    return backend.submit(http, backend.workflow(request), request, "client", logging.getLogger("test"))
+
+
+def test_missing_checkpoint_fails_preflight_before_anything_is_queued(comfy):
     server = comfy(checkpoints=["sd_xl_base_1.0.safetensors"])
-    results = list(client(server).generate(plan(2)))
-    assert all(r.image is None for r in results) and len(results) == 2  # each image reported, none lost
-    message = results[0].error
+    with pytest.raises(ComfyUIPreflightError) as caught:
+        list(client(server).generate(plan(2)))
+    message = str(caught.value)
+    assert f"preflight against {server.url}/object_info failed" in message
+    assert "checkpoints not on the server: 'RealVisXL_V5.0.safetensors' (used by sdxl)" in message
+    assert "the server has: sd_xl_base_1.0.safetensors" in message
+    assert server.post_attempts == 0 and server.object_info_gets == 1
+
+
+def test_rejected_graph_names_node_input_and_message(comfy):
+    server = comfy(checkpoints=["sd_xl_base_1.0.safetensors"])
+    with pytest.raises(ComfyUIValidationError) as caught:
+        submit_one(client(server), plan(1)[0])
+    message = str(caught.value)
     assert "rejected prompt" in message and "Prompt outputs failed validation" in message
     assert "node 1 (CheckpointLoaderSimple) input 'ckpt_name': Value not in list" in message
     assert "'RealVisXL_V5.0.safetensors' not in ['sd_xl_base_1.0.safetensors']" in message
-    assert server.post_attempts == 2 and not server.accepted  # a 400 is not retried
+    assert server.post_attempts == 1 and not server.accepted  # a 400 is not retried
 
     lora_server = comfy(loras=["someone_else.safetensors"])
-    with requests.Session() as http, pytest.raises(ComfyUIValidationError) as caught:
-        client(lora_server).submit(http, plan(1)[0], "client", None)
+    with pytest.raises(ComfyUIValidationError) as caught:
+        submit_one(client(lora_server), plan(1)[0])
     assert "node 2 (LoraLoader) input 'lora_name': Value not in list" in str(caught.value)
     assert caught.value.node_errors["2"]["class_type"] == "LoraLoader"
     assert caught.value.node_errors["2"]["dependent_outputs"] == ["8"]
@@ -169,7 +192,7 @@ def test_unreachable_server_fails_after_the_retries():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     backend = ComfyUIBackend(base_url=f"http://127.0.0.1:{port}", backoff_base_s=0.01, backoff_cap_s=0.02, request_timeout_s=1)
-    with pytest.raises(ComfyUIUnavailable, match=rf"POST http://127.0.0.1:{port}/prompt .* failed after 4 attempts"):
+    with pytest.raises(ComfyUIUnavailable, match=rf"GET http://127.0.0.1:{port}/object_info failed after 4 attempts: ComfyUI ConnectionError: .*Connection refused"):
         list(backend.generate(plan(1)))
 
 
@@ -181,3 +204,99 @@ def test_view_refuses_path_tricks(comfy):
     assert requests.get(f"{server.url}/view", params={**params, "filename": "../secret.png"}, timeout=5).status_code == 400
     assert requests.get(f"{server.url}/view", params={**params, "subfolder": "../../etc"}, timeout=5).status_code == 403
     assert requests.get(f"{server.url}/view", params={**params, "filename": "nope.png"}, timeout=5).status_code == 404
+
+
+def test_a_prompt_the_server_forgot_is_resubmitted_and_not_waited_for(comfy):
+    server = comfy(lose_prompts=1)
+    began = time.monotonic()
+    [result] = list(client(server, ws_idle_poll_s=0.2, image_timeout_s=600).generate(plan(1)))
+    assert result.error is None and result.details["resubmitted"] == 1
+    assert len(server.accepted) == 2 and time.monotonic() - began < 10
+
+    hopeless = comfy(lose_prompts=10)
+    [result] = list(client(hopeless, ws_idle_poll_s=0.2, max_resubmits=2).generate(plan(1)))
+    assert result.image is None and "was lost by" in result.error and "3 times" in result.error
+    assert len(hopeless.accepted) == 3  # one submission and two resubmissions, no more
+
+
+class TrickleServer:
+    """Accepts connections and answers one byte every ``interval_s``, never finishing."""
+
+    def __init__(self, interval_s: float = 0.1):
+        import threading
+
+        self.interval_s = interval_s
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._drip, args=(conn,), daemon=True).start()
+
+    def _drip(self, conn: socket.socket) -> None:
+        answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Pad: " + b"a" * 100000
+        try:
+            conn.recv(65536)
+            for byte in answer:
+                if self.stopped:
+                    break
+                conn.sendall(bytes([byte]))
+                time.sleep(self.interval_s)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.sock.close()
+
+
+def test_a_trickling_server_cannot_stretch_a_call_or_the_step():
+    server = TrickleServer()
+    try:
+        backend = ComfyUIBackend(base_url=server.url, request_timeout_s=1.0, max_retries=0)
+        began = time.monotonic()
+        with pytest.raises(ComfyUIUnavailable, match=r"GET .*/object_info failed after 1 attempts: ComfyUI no complete answer within the 1 s deadline"):
+            list(backend.generate(plan(1)))
+        assert time.monotonic() - began < 2.5  # not 0.1 s per byte for ever
+
+        patient = ComfyUIBackend(base_url=server.url, request_timeout_s=1.0, max_retries=50, backoff_base_s=0.01, backoff_cap_s=0.02, step_timeout_s=2.5)
+        began = time.monotonic()
+        with pytest.raises(ComfyUITimeout, match=r"overall deadline passed \(2.5s\)"):
+            list(patient.generate(plan(1)))
+        assert time.monotonic() - began < 4.0  # the step's deadline, whatever the retries allow
+    finally:
+        server.stop()
+
+
+def test_a_face_slot_the_queen_cannot_fill_is_refused_before_anything_is_queued(comfy, tmp_path):
+    import json
+
+    server = comfy()
+    folder = tmp_path / "wf"
+    folder.mkdir()
+    graph = json.loads(Path("workflows/sdxl.json").read_text())
+    graph["9"] = {"class_type": "LoadImage", "inputs": {"image": "x.png"}, "_meta": {"title": "hydra.reference.face"}}
+    (folder / "face.json").write_text(json.dumps(graph))
+    requests_ = [gen.GenerationRequest(**{**r.__dict__, "workflow": "face"}) for r in plan(2)]
+    with pytest.raises(WorkflowError, match=r"face.json: node 9 slot 'hydra.reference.face': the queen has no face reference"):
+        list(client(server, workflows_dir=str(folder)).generate(requests_))
+    assert (server.post_attempts, server.uploads, server.object_info_gets) == (0, 0, 0)
+
+
+def test_websocket_is_reconnected_after_polling_a_while(comfy):
+    server = comfy(drop_ws_on="progress", step_delay_s=0.05)
+    results = list(client(server, ws_idle_poll_s=0.3, max_in_flight=1).generate(plan(6)))
+    assert [r.error for r in results] == [None] * 6
+    assert server.ws_dropped >= 2  # each reconnected socket met the next drop: it did reconnect

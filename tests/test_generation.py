@@ -22,7 +22,7 @@ from hydra_assets.generation import CHECK_NAME, generate_partition, generated_im
 from hydra_assets.gpu import GPU_CLASS_LABEL, GPU_RESOURCE, K8S_CONFIG_TAG, WORKLOAD_TAG
 from hydra_assets.partitions import QUEENS, queen_night_key
 from resources.face import DlibFaceBackend
-from resources.image_generation import (
+from resources.image import (
     DEMO_RENDERER,
     ComfyUIBackend,
     DemoRenderer,
@@ -31,6 +31,7 @@ from resources.image_generation import (
     ImageBackend,
     render_demo_image,
 )
+from resources.llm import OpenAIPromptExpander, PromptExpander, TemplatePromptExpander
 from resources.metrics import MetricsPusher
 from resources.storage import HydraStorage
 from tests.comfy_server import FakeComfyUI
@@ -243,11 +244,12 @@ def instance():
         yield instance
 
 
-def _materialize(root: Path, instance, backend: ImageBackend, raise_on_error: bool = True, **config):
+def _materialize(root: Path, instance, backend: ImageBackend, raise_on_error: bool = True, expander: PromptExpander | None = None, **config):
     resources = {
         "storage": HydraStorage(root=str(root / "storage"), roster_dir=str(root / "roster")),
         "image_backend": backend,
         "metrics": MetricsPusher(),
+        "prompt_expander": expander or TemplatePromptExpander(),
     }
     return dg.materialize(
         [generated_images],
@@ -510,3 +512,32 @@ def test_generated_images_after_the_real_reference_stages(tmp_path):
         [np.asarray(Image.open(_folder(tmp_path) / e["file"])) for e in _manifest(tmp_path)["images"]]
     )
     assert sum(face is not None for face in faces) >= DEMO_TOTAL - 2
+
+
+def test_prompts_are_expanded_by_the_llm_and_a_rerun_asks_nothing(demo_root, instance):
+    from tests.http_server import ScriptedServer, answer
+    from tests.test_llm import ROUTE, chat_app
+
+    with ScriptedServer() as server:
+        server.script(ROUTE, chat_app())
+        llm = OpenAIPromptExpander(base_url=server.url, timeout_s=5, backoff_base_s=0.01, backoff_cap_s=0.02)
+        meta = _metadata(_materialize(demo_root, instance, DemoRenderer(), expander=llm, per_night_budget=3))
+        assert meta["prompt_sources"] == {"llm": 3} and len(server.hits(ROUTE)) == 3
+        manifest = _manifest(demo_root)
+        for entry in manifest["images"]:
+            params = entry["params"]
+            assert params["prompt_source"] == "llm" and params["prompt_model"] == "tabby-llama-3.1-8b"
+            assert params["prompt"].startswith(params["template_prompt"]) and "85mm lens" in params["prompt"]
+            assert gen.decode_png((_folder(demo_root) / entry["file"]).read_bytes())[1] == params  # in the PNG too
+        assert manifest["prompt_sources"] == {"llm": 3}
+
+        meta = _metadata(_materialize(demo_root, instance, DemoRenderer(), expander=llm, per_night_budget=3))
+        assert (meta["reused"], meta["new"]) == (3, 0) and len(server.hits(ROUTE)) == 3  # cached: nothing asked
+
+        server.script(ROUTE, answer(200, b"{not json"))
+        down = OpenAIPromptExpander(base_url=server.url, timeout_s=5, max_retries=0)
+        meta = _metadata(_materialize(demo_root, instance, DemoRenderer(), expander=down, per_night_budget=4))
+        assert meta["prompt_sources"] == {"llm": 3, "template": 1}  # the cached three, the new one from its template
+        [fallback] = [e["params"] for e in _manifest(demo_root)["images"] if e["params"]["prompt_source"] == "template"]
+        assert fallback["prompt_source"] == "template" and fallback["prompt"] == fallback["template_prompt"]
+        assert "template prompt kept" in fallback["prompt_warning"]

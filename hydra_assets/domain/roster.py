@@ -134,6 +134,10 @@ class GenerationConfig(_Strict):
     targets: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], Annotated[int, Field(ge=0, le=10_000)]] = Field(
         default_factory=lambda: dict(DEFAULT_TARGETS)
     )
+    workflows: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], Slug] = Field(
+        default_factory=dict,
+        description="asset type → ComfyUI workflow template (workflows/{name}.json); unnamed types use the SPEC graph 'sdxl'.",
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -22,6 +22,8 @@ from hydra_assets.metadata import CONTACT_SHEET_LIMIT, png_preview, table
 from hydra_assets.partition_mappings import queen_and_night
 from hydra_assets.partitions import queen_nights_partitions
 from hydra_assets.quality.inputs import read_scores
+from hydra_assets.review.links import partition_review_url
+from hydra_assets.settings import SETTINGS
 from resources.catalog import COUNTED_ASSET_TYPES, CatalogResource
 from resources.events import EventPublisher, EventStream
 from resources.metrics import MetricsPusher
@@ -168,6 +170,7 @@ def approved_images(
             "rejected_sheet": png_preview(image_files.contact_sheet(sheets[False]), f"{slug} {night} rejected"),
             "contact_sheets": dg.MetadataValue.json({label: str(path) for label, path in sorted(review.sheets.items())}),
             "reasons_file": dg.MetadataValue.path(str(review.reasons)),
+            "review": dg.MetadataValue.url(partition_review_url(SETTINGS.review_url, night, slug)),
             "metrics": dg.MetadataValue.json({**dashboard.samples(), **queue.samples()}),
             "metrics_pushed": pushed,
             **stream.metadata(),

@@ -25,6 +25,7 @@ from hydra_assets.partition_mappings import BY_NIGHT
 from hydra_assets.partitions import nights_partitions, queen_night_key
 from hydra_assets.quality.inputs import read_scores
 from hydra_assets.run_tags import PARTITION_TAG
+from hydra_assets.review.links import night_review_url
 from hydra_assets.settings import SETTINGS
 from resources.catalog import CatalogResource
 from resources.events import EventPublisher
@@ -197,6 +198,7 @@ def quality_report(
         ),
         "threshold_suggestions": dg.MetadataValue.json([s.to_dict() for s in report.suggestions]),
         "report": dg.MetadataValue.path(str(report_path)),
+        "review": dg.MetadataValue.url(night_review_url(SETTINGS.review_url, night)),
         "catalog_rows": written,
         **stream.metadata(),
     }

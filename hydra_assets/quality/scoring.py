@@ -28,6 +28,8 @@ from hydra_assets.metadata import table as ui_table
 from hydra_assets.partition_mappings import BY_QUEEN, queen_and_night
 from hydra_assets.partitions import queen_nights_partitions
 from hydra_assets.quality.inputs import read_generated_manifest, read_scores
+from hydra_assets.review.links import partition_review_url
+from hydra_assets.settings import SETTINGS
 from resources.catalog import CatalogResource
 from resources.face import FaceBackend
 from resources.scoring import AestheticScorer, TechnicalScorer
@@ -300,6 +302,7 @@ def image_scores(
             "catalog_rows": written,
             "scores": ui_table(_display_rows(frame), SCORES_TABLE_COLUMNS),
             "scores_file": dg.MetadataValue.path(str(scores_path)),
+            "review": dg.MetadataValue.url(partition_review_url(SETTINGS.review_url, night, slug)),
         },
         data_version=dg.DataVersion(table.decision_hash(frame)),
         check_results=score_checks(frame, table.manifest_ids(manifest)),
