@@ -1,5 +1,7 @@
 # The README's two commands: `make run` (set up, demo roster, dagster dev) and `make test`.
 PYTHON ?= python3
+# bash for `make run`'s job control
+SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch is pinned to the CPU/CUDA build this machine keeps on disk; a newer one is a multi-GB download.
@@ -11,7 +13,7 @@ PYTEST_ARGS ?=
 MANIFESTS_DIR ?= deploy/manifests
 export DAGSTER_HOME
 
-.PHONY: install run review demo test test-fast manifests dagster-home clean
+.PHONY: install run review check-defs demo test test-fast manifests dagster-home clean
 
 $(BIN)/.installed: pyproject.toml deploy/install_musiq.sh
 	$(PYTHON) -m venv $(VENV)
@@ -23,19 +25,31 @@ $(BIN)/.installed: pyproject.toml deploy/install_musiq.sh
 
 install: $(BIN)/.installed
 
+# The instance config lives in instance/, not the repo root: `dg dev` runs from the root and
+# warns about a dagster.yaml there that DAGSTER_HOME does not use.
 dagster-home:
 	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	cp instance/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-# The review app runs beside dagster dev and stops with it.
+# `dg dev` (webserver + daemon, the project from [tool.dg] in pyproject.toml) with the review app
+# beside it. Job control (set -m) puts both in process groups of their own, so neither inherits an
+# ignored SIGINT; Ctrl-C or a SIGTERM to make reaches this shell's trap, which stops dg (it shuts
+# the webserver and daemon down) and then the review app.
 run: install dagster-home
 	$(BIN)/hydra demo-data
 	@echo "Dagster UI: http://127.0.0.1:$(PORT)   review: http://127.0.0.1:$(REVIEW_PORT)"
+	@set -m; \
 	HYDRA_DAGSTER_URL=http://127.0.0.1:$(PORT) $(BIN)/hydra review --port $(REVIEW_PORT) & review=$$!; \
-	trap 'kill $$review' EXIT INT TERM; $(BIN)/dagster dev -w workspace.yaml -p $(PORT)
+	$(BIN)/dg dev -p $(PORT) & dg=$$!; \
+	trap 'kill -INT $$dg 2>/dev/null' INT TERM; \
+	wait $$dg; wait $$dg; kill $$review 2>/dev/null; wait $$review; true
 
 review: install
 	HYDRA_DAGSTER_URL=http://127.0.0.1:$(PORT) $(BIN)/hydra review --port $(REVIEW_PORT)
+
+# Definitions load and validate (what CI and a reviewer run first).
+check-defs: install
+	$(BIN)/dg check defs
 
 demo: install dagster-home
 	$(BIN)/hydra demo

@@ -9,6 +9,7 @@ Prints the median tick time for 10% of the queens and for all of them, then agai
 from __future__ import annotations
 
 import argparse
+import os
 import datetime as dt
 import statistics
 import tempfile
@@ -18,10 +19,13 @@ from zoneinfo import ZoneInfo
 
 import dagster as dg
 
-from hydra_assets.partitions import QUEENS
-from hydra_assets.settings import SETTINGS
-from resources.storage import HydraStorage
-from sensors.overnight import build_overnight_schedule
+# The tick evaluated is 2026-11-20's: the calendar must include it, whatever today is.
+os.environ.setdefault("HYDRA_NIGHTS_START", "2026-01-01")
+
+from hydra_assets.partitions import QUEENS  # noqa: E402 - after the calendar is set
+from hydra_assets.settings import SETTINGS  # noqa: E402
+from resources.storage import HydraStorage  # noqa: E402
+from sensors.overnight import build_overnight_schedule  # noqa: E402
 
 REPEATS = 5
 
@@ -31,11 +35,10 @@ def tick_seconds(schedule, instance, storage: HydraStorage) -> float:
     timings = []
     for _ in range(REPEATS):
         started = time.perf_counter()
-        schedule(
-            dg.build_schedule_context(
-                instance=instance, scheduled_execution_time=moment, resources={"storage": storage}
-            )
-        )
+        with dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=moment, resources={"storage": storage}
+        ) as context:
+            schedule(context)
         timings.append(time.perf_counter() - started)
     return statistics.median(timings)
 

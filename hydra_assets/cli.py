@@ -16,10 +16,13 @@ from hydra_assets.settings import SETTINGS
 DEMO_STAGE_JOBS = ("queen_reference_job", "queen_lora_job", "overnight_job", "queen_voice_job")
 """The per-queen jobs `hydra demo` runs, in order: references → LoRA → tonight's images → voice."""
 REPORT_JOB = "quality_report_job"
+CHAPTER_JOB = "chapter_job"
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
-def _write_demo_data(roster_dir: Path, storage_root: Path, *, force: bool) -> int:
+def _write_demo_data(roster_dir: Path, storage_root: Path, *, force: bool, chapters_dir: Path | None = None) -> int:
+    from hydra_assets.domain.chapters import chapters_folder
+    from hydra_assets.domain.demo_chapter import write_demo_chapter
     from hydra_assets.domain.demo_data import DEMO_QUEENS, write_demo_data
     from hydra_assets.domain.demo_dialogue import write_demo_dialogue
 
@@ -31,6 +34,8 @@ def _write_demo_data(roster_dir: Path, storage_root: Path, *, force: bool) -> in
     present = [d.slug for d in DEMO_QUEENS if (roster_dir / f"{d.slug}.yaml").is_file()]
     for path in write_demo_dialogue(roster_dir, slugs=present):
         print(f"wrote demo dialogue {path}")
+    if chapter := write_demo_chapter(chapters_dir or Path(chapters_folder(SETTINGS))):
+        print(f"wrote demo chapter {chapter}")
     return 0
 
 
@@ -84,6 +89,38 @@ def _tonight() -> str:
     return dt.datetime.now(ZoneInfo(SETTINGS.timezone)).strftime("%Y-%m-%d")
 
 
+def _chapter_row(slug: str, result) -> dict[str, object]:
+    """The headline numbers of one chapter's bundle, from its materialization metadata."""
+    row: dict[str, object] = {"chapter": slug}
+    meta = _metadata(result, "chapter_bundle")
+    if meta:
+        loudness = meta.get("mean_loudness_lufs")
+        row.update(scenes=meta.get("scenes"), images=meta.get("images"), lines=meta.get("lines"),
+                   **{"audio s": meta.get("audio_seconds"), "LUFS": loudness if loudness is not None else "-"},
+                   missing=len(meta.get("missing") or []) or "-", folder=meta.get("folder"))
+    if dialogue := _metadata(result, "chapter_dialogue"):
+        row["voiced"] = f"{dialogue.get('new')} new, {dialogue.get('reused', 0) + dialogue.get('shared_with_voice_lines', 0)} reused"
+    row["status"] = "ok" if result.success else "FAILED"
+    return row
+
+
+def _run_chapters(instance, execute) -> tuple[list[dict[str, object]], int]:
+    """Every script in the chapters folder through chapter_job (what chapters_sensor requests)."""
+    from hydra_assets.domain.chapters import chapter_slug, chapters_folder, script_files
+    from hydra_assets.domain.roster import is_valid_slug
+    from hydra_assets.partitions import CHAPTERS
+
+    slugs = [s for s in (chapter_slug(p) for p in script_files(Path(chapters_folder(SETTINGS)))) if is_valid_slug(s)]
+    instance.add_dynamic_partitions(CHAPTERS, slugs)
+    rows = []
+    for slug in slugs:
+        started = time.perf_counter()
+        row = _chapter_row(slug, execute(CHAPTER_JOB, slug))
+        row["s"] = f"{time.perf_counter() - started:.1f}"
+        rows.append(row)
+    return rows, sum(1 for r in rows if r["status"] != "ok")
+
+
 def _run_demo(roster_dir: Path, storage_root: Path) -> int:
     import dagster as dg
 
@@ -127,8 +164,13 @@ def _run_demo(roster_dir: Path, storage_root: Path) -> int:
             row["status"] = "ok"
         rows.append(row)
     report = execute(REPORT_JOB, night)
+    chapter_rows, chapters_failed = _run_chapters(instance, execute)
+    failed += chapters_failed
     print()
     _print_table(rows)
+    if chapter_rows:
+        print()
+        _print_table(chapter_rows)
     report_file = StorageLayout(storage_root).report_path(night)
     if report.success:
         print(f"\nquality report for {night}: {report_file}")
@@ -154,10 +196,11 @@ def _run_review(host: str, port: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="hydra", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    demo_data = commands.add_parser("demo-data", help="write the demo roster and its reference photos")
+    demo_data = commands.add_parser("demo-data", help="write the demo roster, its reference photos and the demo chapter")
     demo_data.add_argument("--roster-dir", type=Path, default=Path(SETTINGS.roster_dir))
     demo_data.add_argument("--storage-root", type=Path, default=Path(SETTINGS.storage_root))
     demo_data.add_argument("--force", action="store_true", help="write even if the roster folder has queens")
+    demo_data.add_argument("--chapters-dir", type=Path, default=None, help="where the demo chapter script goes")
     commands.add_parser(
         "demo", help="run every pipeline stage for the roster (HYDRA_* settings) headless and print a summary"
     )
@@ -168,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "review":
         return _run_review(args.host, args.port)
     if args.command == "demo-data":
-        return _write_demo_data(args.roster_dir, args.storage_root, force=args.force)
+        return _write_demo_data(args.roster_dir, args.storage_root, force=args.force, chapters_dir=args.chapters_dir)
     return _run_demo(Path(SETTINGS.roster_dir), Path(SETTINGS.storage_root))
 
 

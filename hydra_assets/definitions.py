@@ -9,6 +9,8 @@ import dagster as dg
 
 from dagster_k8s import k8s_job_executor
 
+from hydra_assets.chapters import CHAPTER_ASSETS
+from hydra_assets.domain.chapters import chapters_folder
 from hydra_assets.generation import generated_images
 from hydra_assets.lora import queen_lora
 from hydra_assets.quality import QUALITY_ASSETS
@@ -19,6 +21,7 @@ from hydra_assets.voice import voice_lines
 from jobs import ALL_JOBS
 from resources.alerts import WebhookNotifier
 from resources.catalog import CatalogResource
+from resources.chapters import ChapterScripts
 from resources.events import EventPublisher
 from resources.face import DlibFaceBackend, InsightFaceBackend
 from resources.image import ComfyUIBackend, DemoRenderer
@@ -30,11 +33,13 @@ from resources.storage import HydraStorage
 from resources.voice import EspeakBackend, GptSovitsBackend
 from sensors import (
     build_lora_ready_sensor,
+    build_chapters_sensor,
     build_low_approval_sensor,
     build_overnight_schedule,
     build_report_automation_sensor,
     build_roster_sensor,
     build_run_failure_sensor,
+    chapter_index,
     roster_index,
 )
 
@@ -47,6 +52,8 @@ ASSETS = [
     generated_images,
     *QUALITY_ASSETS,
     voice_lines,
+    chapter_index,
+    *CHAPTER_ASSETS,
 ]
 
 
@@ -55,7 +62,8 @@ def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
     return {
         "storage": HydraStorage(root=settings.storage_root, roster_dir=settings.roster_dir),
         "catalog": CatalogResource(url=settings.catalog_url),
-        "events": EventPublisher(catalog_url=settings.catalog_url, environment=settings.env),  # catalog only
+        # catalog only unless HYDRA_REDIS_URL is set
+        "events": EventPublisher(catalog_url=settings.catalog_url, redis_url=settings.redis_url, environment=settings.env),
         "face": DlibFaceBackend(),
         "webhook": WebhookNotifier(url=settings.webhook_url),
         "metrics": MetricsPusher(pushgateway_url=settings.pushgateway_url),
@@ -66,6 +74,7 @@ def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
         "aesthetic": ImageStatsAestheticProxy(),
         "technical": ClassicalTechnical(),
         "voice": EspeakBackend(),
+        "chapter_scripts": ChapterScripts(chapters_dir=chapters_folder(settings)),
     }
 
 
@@ -95,6 +104,7 @@ def cluster_resources() -> dict[str, Any]:
         ),
         "technical": Musiq(model_path=dg.EnvVar("HYDRA_MUSIQ_WEIGHTS")),
         "voice": GptSovitsBackend(url=dg.EnvVar("HYDRA_GPT_SOVITS_URL")),
+        "chapter_scripts": ChapterScripts(chapters_dir=dg.EnvVar("HYDRA_CHAPTERS_DIR")),
     }
 
 
@@ -118,6 +128,7 @@ def build_definitions(resources: Mapping[str, Any], *, env: str = "local") -> dg
             build_report_automation_sensor(sensor_status),
             build_low_approval_sensor(sensor_status),
             build_run_failure_sensor(sensor_status),
+            build_chapters_sensor(sensor_status),
         ],
         resources=dict(resources),
         executor=EXECUTOR_BY_ENV[env],

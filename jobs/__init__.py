@@ -58,4 +58,13 @@ queen_voice_job = dg.define_asset_job(
     description="Synthesise the queen's dialogue; unchanged lines are reused.",
 )
 
-ALL_JOBS = [queen_reference_job, queen_lora_job, overnight_job, quality_report_job, queen_voice_job]
+CHAPTER_ASSETS = ("chapter_script", "chapter_dialogue", "scene_images", "chapter_bundle")
+
+chapter_job = dg.define_asset_job(
+    "chapter_job",
+    selection=dg.AssetSelection.assets(*CHAPTER_ASSETS),
+    tags=run_priority_tags("image-generation-sdxl", "voice-synthesis"),
+    description="One chapter: parse its script, voice its lines, make its scene images, swap in its bundle.",
+)
+
+ALL_JOBS = [queen_reference_job, queen_lora_job, overnight_job, quality_report_job, queen_voice_job, chapter_job]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -23,28 +22,12 @@ import sqlalchemy as sa
 from pydantic import Field, PrivateAttr
 from redis.backoff import NoBackoff
 from redis.retry import Retry
-from sqlalchemy.orm import Mapped, mapped_column
 
 from hydra_assets.domain.events import EventMetadata, EventType, HydraEvent, Payload, event_metadata
-from resources.catalog import Base, CatalogResource
+from resources.catalog import CatalogResource
+from resources.catalog_schema import EventRow
 
 _TICK = timedelta(microseconds=1)
-
-
-class EventRow(Base):
-    """One event as the SPEC's ``events`` table holds it; ``created_at`` is the event's timestamp."""
-
-    __tablename__ = "events"
-    __table_args__ = (sa.Index(None, "correlation_id", "created_at"), sa.Index(None, "event_type", "created_at"))
-
-    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
-    event_type: Mapped[str] = mapped_column(sa.String(64))
-    source: Mapped[str] = mapped_column(sa.String(200))
-    payload: Mapped[dict[str, Any]]
-    correlation_id: Mapped[str] = mapped_column(sa.String(64))
-    causation_id: Mapped[str | None] = mapped_column(sa.String(64))
-    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata")
-    created_at: Mapped[datetime]
 
 
 def _row(event: HydraEvent) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 import dagster as dg
 
 from hydra_assets.domain.roster import roster_files, slug_for_file
-from hydra_assets.partitions import QUEENS, queen_night_key
+from hydra_assets.partitions import QUEENS, nights_partitions, queen_night_key
 from hydra_assets.lora import QUEEN_LORA_KEY as QUEEN_LORA
 from hydra_assets.quality.report import OVERNIGHT_START_HOUR, quality_report
 from hydra_assets.settings import SETTINGS
@@ -56,6 +56,9 @@ def build_overnight_schedule(default_status: dg.DefaultScheduleStatus) -> dg.Sch
     )
     def overnight_schedule(context: dg.ScheduleEvaluationContext, storage: HydraStorage):
         night = night_of(context.scheduled_execution_time)
+        first_night = nights_partitions.start.strftime("%Y-%m-%d")
+        if night < first_night:
+            return dg.SkipReason(f"{night} is before the nights calendar starts ({first_night}, HYDRA_NIGHTS_START)")
         queens = ready_queens(context.instance, {slug_for_file(p) for p in roster_files(Path(storage.roster_dir))})
         if not queens:
             return dg.SkipReason(f"no queen has a LoRA yet; nothing to generate for {night}")

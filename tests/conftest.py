@@ -9,6 +9,12 @@ import sqlalchemy as sa
 
 DEFAULT_TEST_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
+# The tests use fixed nights (2026-11-20, ...), so the calendar must start before them whatever
+# today is; unset, it would start on the first of the current month. Set before any test module
+# imports hydra_assets (the partitions are built from the settings at import).
+TEST_NIGHTS_START = "2026-01-01"
+os.environ["HYDRA_NIGHTS_START"] = TEST_NIGHTS_START
+
 
 def _admin_url() -> str:
     return os.environ.get("HYDRA_TEST_POSTGRES_URL", DEFAULT_TEST_POSTGRES_URL)
@@ -44,21 +50,3 @@ def postgres_database_url(postgres_server_url: str) -> Iterator[str]:
         with admin.connect() as connection:
             connection.execute(sa.text(f'drop database if exists "{name}" with (force)'))
         admin.dispose()
-
-
-@pytest.fixture(autouse=True, scope="session")
-def no_defs_state_storage() -> Iterator[None]:
-    """Tests build Definitions with no 'current' defs-state storage.
-
-    Entering a DagsterInstance publishes its defs-state storage in a context variable (for
-    state-backed components, which this project does not use), and building a repository
-    reads it. Across a long test session that variable can end up holding the storage of an
-    instance that is already gone, and the next Definitions built fails with "Attempted to
-    resolve undefined DagsterInstance weakref" at a random test (CI saw it in two different
-    tests). Reading it as absent is exactly the state this code location runs in.
-    """
-    from dagster._core.storage.defs_state.base import DefsStateStorage
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(DefsStateStorage, "get", classmethod(lambda cls: None))
-        yield

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import dagster as dg
@@ -12,11 +11,12 @@ from hydra_assets.settings import SETTINGS
 
 
 def temp_settings(tmp_path: Path, catalog_url: str | None = None):
-    return replace(
-        SETTINGS,
-        roster_dir=str(tmp_path / "roster"),
-        storage_root=str(tmp_path / "storage"),
-        catalog_url=catalog_url or f"sqlite:///{tmp_path / 'catalog.db'}",
+    return SETTINGS.model_copy(
+        update={
+            "roster_dir": str(tmp_path / "roster"),
+            "storage_root": str(tmp_path / "storage"),
+            "catalog_url": catalog_url or f"sqlite:///{tmp_path / 'catalog.db'}",
+        }
     )
 
 

@@ -19,7 +19,7 @@ HYDRA = Path(sys.executable).with_name("hydra")
 def run_demo(tmp_path: Path) -> subprocess.CompletedProcess:
     home = tmp_path / "dagster_home"
     home.mkdir(exist_ok=True)
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(REPO / "instance" / "dagster.yaml", home / "dagster.yaml")
     env = {
         **os.environ,
         "DAGSTER_HOME": str(home),
@@ -31,6 +31,7 @@ def run_demo(tmp_path: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # every stage of `hydra demo` in a subprocess on 2 CPU cores
 def test_hydra_demo_runs_every_stage_and_prints_the_summary(tmp_path):
     result = run_demo(tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -41,6 +42,13 @@ def test_hydra_demo_runs_every_stage_and_prints_the_summary(tmp_path):
     rows = [line.split() for line in lines if line.startswith(("ada-marlowe", "nova-sterling"))]
     assert len(rows) == 2 and all(row[-1] == "ok" for row in rows)
     assert "2 queens, 0 failed" in result.stdout
+    chapter_header = next(line for line in lines if line.startswith("chapter "))
+    for column in ("scenes", "images", "lines", "audio", "LUFS", "status"):
+        assert column in chapter_header.split()
+    [chapter_row] = [line.split() for line in lines if line.startswith("chapter-01 ")]
+    assert chapter_row[1] == "2" and chapter_row[3] == "10"  # scenes, lines
+    assert "ok" in chapter_row
+    assert (tmp_path / "storage" / "chapters" / "chapter-01" / "metadata.json").is_file()
 
     layout = StorageLayout(tmp_path / "storage")
     [night] = [p.name for p in (tmp_path / "storage" / "overnight").iterdir()]

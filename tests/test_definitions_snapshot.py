@@ -21,6 +21,46 @@ EXPECTED = {
             "kinds": ["png"],
             "partitions": "night=daily(end_offset=1)|queen=dynamic:queens"
         },
+        "chapter_bundle": {
+            "automation": None,
+            "deps": ["chapter_dialogue", "chapter_script", "scene_images"],
+            "freshness": None,
+            "group": "chapters",
+            "kinds": ["json", "png", "wav"],
+            "partitions": "dynamic:chapters"
+        },
+        "chapter_dialogue": {
+            "automation": None,
+            "deps": ["chapter_script"],
+            "freshness": None,
+            "group": "chapters",
+            "kinds": ["soundfile", "wav"],
+            "partitions": "dynamic:chapters"
+        },
+        "chapter_index": {
+            "automation": None,
+            "deps": [],
+            "freshness": None,
+            "group": "chapters",
+            "kinds": ["markdown"],
+            "partitions": None
+        },
+        "chapter_script": {
+            "automation": None,
+            "deps": [],
+            "freshness": None,
+            "group": "chapters",
+            "kinds": ["json", "markdown"],
+            "partitions": "dynamic:chapters"
+        },
+        "scene_images": {
+            "automation": None,
+            "deps": ["chapter_script"],
+            "freshness": None,
+            "group": "chapters",
+            "kinds": ["png"],
+            "partitions": "dynamic:chapters"
+        },
         "generated_images": {
             "automation": None,
             "deps": ["queen_lora by queen", "queen_profile by queen"],
@@ -98,6 +138,12 @@ EXPECTED = {
         "approved_images:approval_rate_at_least_half": {
             "blocking": False
         },
+        "chapter_script:script_valid": {
+            "blocking": False
+        },
+        "scene_images:every_scene_has_image": {
+            "blocking": False
+        },
         "generated_images:all_planned_images_generated": {
             "blocking": False
         },
@@ -127,6 +173,10 @@ EXPECTED = {
         }
     },
     "jobs": {
+        "chapter_job": {
+            "assets": ["chapter_bundle", "chapter_dialogue", "chapter_script", "scene_images"],
+            "partitions": "dynamic:chapters"
+        },
         "overnight_job": {
             "assets": ["approved_images", "generated_images", "image_scores"],
             "partitions": "night=daily(end_offset=1)|queen=dynamic:queens"
@@ -170,6 +220,10 @@ EXPECTED = {
             "target": ["quality_report"]
         },
         "low_approval_sensor": {
+            "kind": "SensorDefinition",
+            "status": "RUNNING"
+        },
+        "chapters_sensor": {
             "kind": "SensorDefinition",
             "status": "RUNNING"
         },

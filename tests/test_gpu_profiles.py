@@ -184,7 +184,7 @@ def test_pool_script_sets_one_pool_per_class_with_the_card_counts(tmp_path):
 
 @pytest.mark.slow
 def test_pool_script_sets_every_pool_on_an_instance(tmp_path, monkeypatch):
-    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    (tmp_path / "dagster.yaml").write_text((REPO / "instance" / "dagster.yaml").read_text())
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "DAGSTER": str(DAGSTER), "GPU_3060": "2"}
     result = subprocess.run(["bash", str(POOL_SCRIPT)], env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stdout + result.stderr

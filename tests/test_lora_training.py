@@ -13,8 +13,7 @@ import pytest
 import sqlalchemy as sa
 import torch
 import yaml
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.loader import LoadingContextForTest
+from dagster_graphql.test.utils import define_out_of_process_context, execute_dagster_graphql
 from PIL import Image
 
 from hydra_assets.domain import images as reference_images
@@ -470,13 +469,28 @@ def test_a_second_training_of_the_same_queen_waits_for_the_first(lora_env):
     assert metadata["version"] == 1 and metadata["reused"] is False
 
 
-def lora_stale_status(instance: dg.DagsterInstance, tmp_path: Path) -> StaleStatus:
-    """What the UI's asset page shows for the LoRA partition (the resolver the webserver uses)."""
-    from tests.helpers import hydra_definitions
+STALE_STATUS_QUERY = """
+query LoraStaleStatus($partition: String!) {
+  assetNodes(assetKeys: [{path: ["queen_lora"]}]) { staleStatus(partition: $partition) }
+}
+"""
 
-    graph = hydra_definitions(tmp_path).resolve_asset_graph()
-    resolver = CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
-    return resolver.get_status(dg.AssetKey("queen_lora"), SLUG)
+
+def lora_stale_status(instance: dg.DagsterInstance, tmp_path: Path) -> str:
+    """What the UI's asset page shows for the LoRA partition: the webserver's GraphQL schema,
+    answered from a code server of the same definitions (FRESH, STALE or MISSING)."""
+    module = tmp_path / "ui_definitions.py"
+    module.write_text(
+        "import sys\nfrom pathlib import Path\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})\n"
+        "from tests.helpers import hydra_definitions\n"
+        f"defs = hydra_definitions(Path({str(tmp_path)!r}))\n"
+    )
+    with define_out_of_process_context(str(module), None, instance) as context:
+        result = execute_dagster_graphql(context, STALE_STATUS_QUERY, {"partition": SLUG})
+    assert not result.errors, result.errors
+    [node] = result.data["assetNodes"]
+    return node["staleStatus"]
 
 
 @pytest.mark.slow
@@ -494,7 +508,7 @@ def test_queen_lora_end_to_end_on_the_demo_queen(tmp_path):
         assert spine.execute_in_process(partition_key=SLUG, instance=instance).success
         resources = {**local_resources(temp_settings(tmp_path)), "lora_trainer": tiny_trainer(max_steps=8)}
         metadata, _ = materialize(resources, instance)
-        assert lora_stale_status(instance, tmp_path) == StaleStatus.FRESH
+        assert lora_stale_status(instance, tmp_path) == "FRESH"
 
         # A new reference photo: once reference_images picks it up, the UI shows the LoRA stale.
         photos = tmp_path / "storage" / "reference_images" / SLUG / "portraits"
@@ -502,7 +516,7 @@ def test_queen_lora_end_to_end_on_the_demo_queen(tmp_path):
         assert spine.execute_in_process(
             partition_key=SLUG, instance=instance, asset_selection=[dg.AssetKey("reference_images")]
         ).success
-        assert lora_stale_status(instance, tmp_path) == StaleStatus.STALE
+        assert lora_stale_status(instance, tmp_path) == "STALE"
     assert metadata["version"] == 1 and metadata["training_images"] == 6
     assert "full_body/backdrop.png" in metadata["skipped_references"]
     layout = StorageLayout(tmp_path / "storage")

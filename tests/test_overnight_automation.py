@@ -34,8 +34,12 @@ def roster_with(tmp_path: Path, *slugs: str) -> HydraStorage:
 
 
 def evaluate_schedule(schedule, instance, storage, moment=TONIGHT):
-    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=moment, resources={"storage": storage})
-    return schedule(context)
+    # The context opens its own instance from the ref (and resources) on first use and closes
+    # them only on exit: without `with`, that instance stays "current" after the test.
+    with dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=moment, resources={"storage": storage}
+    ) as context:
+        return schedule(context)
 
 
 def test_schedule_requests_tonight_for_ready_queens_only(tmp_path):

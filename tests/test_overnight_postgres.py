@@ -22,7 +22,7 @@ NIGHT = "2026-11-20"
 
 def postgres_instance_overrides(url: str) -> dict:
     """The repo's dagster.yaml (queue, tag limits, pools, monitoring) with dagster-postgres storage."""
-    config = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    config = yaml.safe_load((REPO / "instance" / "dagster.yaml").read_text())
     config["storage"] = {"postgres": {"postgres_url": url}}
     return config
 

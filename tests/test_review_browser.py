@@ -98,7 +98,10 @@ def wait_until(predicate, timeout: float, message: str):
 @pytest.mark.slow
 def test_reject_in_the_browser_launches_approved_images_and_the_image_shows_rejected(tmp_path):
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip("Debian's chromium and chromium-driver are not installed")
+        message = "Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; .ci/run installs them")
+        pytest.skip(message)
     from selenium.webdriver.common.by import By
 
     home = tmp_path / "dagster_home"

@@ -66,6 +66,7 @@ def lineage(port: int, asset: str) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # webserver start-up (up to STARTUP_TIMEOUT) plus a run (up to RUN_TIMEOUT)
 def test_launch_a_demo_partition_through_graphql_and_read_lineage(tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
