@@ -14,7 +14,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import dagster as dg
 import redis
@@ -60,13 +59,11 @@ def _event(row: EventRow) -> HydraEvent:
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, for log lines."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    """The URL with its password replaced by ``***``, for log lines (SQLAlchemy's URL parser, any scheme)."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparsable URL>"
 
 
 @dataclass
