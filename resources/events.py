@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import alembic.util
 import dagster as dg
 import redis
 import sqlalchemy as sa
@@ -27,6 +28,8 @@ from resources.catalog import CatalogResource
 from resources.catalog_schema import EventRow
 
 _TICK = timedelta(microseconds=1)
+_CATALOG_ERRORS = (sa.exc.SQLAlchemyError, OSError, ValueError, alembic.util.CommandError)
+"""What reaching, migrating or writing the catalog raises (OSError covers its unavailable and timeout errors)."""
 
 
 def _row(event: HydraEvent) -> dict[str, Any]:
@@ -98,6 +101,7 @@ class EventPublisher(dg.ConfigurableResource):
     environment: str = Field(default="local", description="HYDRA_ENV, recorded in every event's metadata")
     node: str | None = Field(default=None, description="recorded as metadata.node; unset: the hostname (the pod's name)")
     socket_timeout_s: float = Field(default=1.0, gt=0, description="Redis connect and read timeout")
+    lock_timeout_seconds: float = Field(default=5.0, gt=0, description="longest wait for a locked catalog table")
     redis_retry_after_s: float = Field(
         default=15.0, ge=0, description="after a Redis failure, events skip Redis (counted as failures) this long"
     )
@@ -118,7 +122,7 @@ class EventPublisher(dg.ConfigurableResource):
 
     def catalog(self) -> CatalogResource:
         if self._catalog is None:
-            self._catalog = CatalogResource(url=self.catalog_url)
+            self._catalog = CatalogResource(url=self.catalog_url, lock_timeout_seconds=self.lock_timeout_seconds)
         return self._catalog
 
     def redis_client(self) -> redis.Redis | None:
@@ -137,7 +141,7 @@ class EventPublisher(dg.ConfigurableResource):
         """The queen's catalog id for payloads; None when she has no row yet or the catalog cannot be read."""
         try:
             return self.catalog().queen_id(slug)
-        except (sa.exc.SQLAlchemyError, ConnectionError, OSError, ValueError):
+        except _CATALOG_ERRORS:
             return None
 
     def write(self, events: Sequence[HydraEvent]) -> None:
@@ -223,7 +227,7 @@ class EventStream:
         self.stats.emitted += len(batch)
         try:
             self.publisher.write(batch)
-        except (sa.exc.SQLAlchemyError, ConnectionError, OSError, ValueError) as exc:
+        except _CATALOG_ERRORS as exc:
             self.stats.catalog_failures += len(batch)
             self._once("catalog", f"events not written to the catalog {redact_url(self.publisher.catalog_url)}: {exc}")
         else:

@@ -1,6 +1,8 @@
 """Events land in the catalog's ``events`` table (SQLite and PostgreSQL); a failing catalog never fails a step."""
 
 import logging
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -110,6 +112,29 @@ def test_an_unreachable_catalog_is_logged_once_and_counted_never_raised(caplog) 
     assert len(warnings) == 1
     assert "postgresql://postgres:***@127.0.0.1:1/catalog" in warnings[0] and "s3cret" not in warnings[0]
     assert (stream.stats.emitted, stream.stats.written, stream.stats.catalog_failures) == (5, 0, 5)
+
+
+def test_a_locked_catalog_costs_the_lock_timeout_and_is_counted(tmp_path, caplog) -> None:
+    path = tmp_path / "catalog.db"
+    publisher = EventPublisher(catalog_url=f"sqlite:///{path}", lock_timeout_seconds=0.3)
+    stream = publisher.stream(correlation_id="run-1", source="s", log=LOG)
+    stream.emit(EventType.OVERNIGHT_STARTED, OVERNIGHT)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process mid-write
+    try:
+        started = time.monotonic()
+        with caplog.at_level(logging.WARNING, logger="test_events"):
+            stream.emit_many([(EventType.IMAGE_CREATED, image(i)) for i in range(3)])
+        elapsed = time.monotonic() - started
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert elapsed < 3
+    assert (stream.stats.written, stream.stats.catalog_failures) == (1, 3)
+    assert any("events not written to the catalog" in r.message and "lock timeout" in r.message for r in caplog.records)
+    stream.emit(EventType.IMAGE_CREATED, image(9))  # the lock is gone: rows are written again
+    assert len(publisher.read()) == 2
+    publisher.dispose()
 
 
 def test_the_table_is_created_with_the_catalogs_tables(tmp_path) -> None:
