@@ -180,3 +180,22 @@ def test_bad_fields_are_refused() -> None:
 def test_a_timestamp_in_another_zone_is_stored_as_utc() -> None:
     event = envelope(timestamp=datetime(2026, 3, 1, 23, 0, tzinfo=timezone(timedelta(hours=1))))
     assert event.to_dict()["timestamp"] == "2026-03-01T22:00:00Z"
+
+
+def test_a_score_row_becomes_its_decision_event_with_missing_scores_as_null() -> None:
+    from hydra_assets.domain.stage_events import image_decided
+
+    row = {
+        "image_id": "nova/2026-03-01/pose-000", "file_path": "overnight/2026-03-01/generated/nova/pose/0.png",
+        "aesthetic_score": 6.1, "technical_score": 80.0, "face_match_score": float("nan"),
+        "approved": False, "rejection_reason": "no_face",
+    }
+    event_type, payload = image_decided(row, queen_id=3)
+    assert event_type is EventType.IMAGE_REJECTED
+    assert payload.model_dump(mode="json", by_alias=True) == {
+        "imageId": "nova/2026-03-01/pose-000", "taskId": None, "queenId": 3,
+        "path": "overnight/2026-03-01/generated/nova/pose/0.png",
+        "scores": {"aesthetic": 6.1, "technical": 80.0, "faceMatch": None}, "approved": False, "rejectionReason": "no_face",
+    }
+    event_type, payload = image_decided({**row, "approved": True, "rejection_reason": None, "face_match_score": 0.9}, queen_id=3)
+    assert event_type is EventType.IMAGE_APPROVED and "rejectionReason" not in payload.model_dump(by_alias=True)
