@@ -1,16 +1,21 @@
-"""Quality scoring throughput: the batched scorer against one image per call, same images and backends.
+"""The scoring stage against the limit: the bare forward passes of the same models, same device and batch.
 
-    .venv/bin/python bench/score_throughput.py [--images 16] [--size 768] [--batch-size 16]
+    .venv/bin/python bench/score_throughput.py [--images 32] [--size 768] [--batch-size 16]
         [--aesthetic proxy|laion] [--technical classical|musiq] [--face dlib|insightface]
         [--clip-model ViT-L-14-quickgelu] [--clip-checkpoint PATH] [--mlp PATH] [--musiq PATH]
-        [--random-weights] [--device auto]
+        [--random-weights] [--device auto] [--per-image]
 
-The per-image loop is the seed's design (a scorer service called once per image) with the models
-already loaded: it calls the same ``score_batch`` with one image at a time. Both modes score the
-same images (variants of the demo reference photos) after one warm-up call that loads every model.
-``--random-weights`` builds the named CLIP (and MUSIQ) architecture with random weights instead of
-reading a checkpoint: the compute is the real model's, the scores mean nothing, and nothing is
-downloaded. Prints images/s of each mode and, as its last line, ``ratio: X`` (batched over per-image).
+Stage: what image_scores does per batch, from PNG files on disk: decode, every scorer
+(``score_batch``: aesthetic + embedding, technical, face detection + embedding + similarity),
+composite and the gate with near-duplicates (``quality.decide``). Limit: only the models' own
+work on inputs already decoded and preprocessed (CLIP ``encode_image`` + the LAION MLP on
+preprocessed tensors on the device, MUSIQ on float tensors, the face backend on the resized
+arrays, the embedded measures on arrays), timed one scorer at a time and added up. The ratio
+stage/limit is how close the stage runs to what the models allow (1.0: no overhead at all).
+``--per-image`` also times the stage one image per call (the seed's scorer-service design), which
+matters on a GPU. ``--random-weights`` builds the named CLIP (and MUSIQ) architecture with random
+weights instead of reading a checkpoint: the compute is the real model's, the scores mean nothing,
+and nothing is downloaded. The last line is ``ratio stage / model limit: X``.
 """
 
 from __future__ import annotations
@@ -23,8 +28,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+import pandas as pd
+
+from hydra_assets.domain import image_measures as measures
+from hydra_assets.domain import images as image_files
+from hydra_assets.domain import quality
 from hydra_assets.domain.demo_data import astronaut_photo, grace_hopper_photo
-from hydra_assets.quality import score_batch
+from hydra_assets.quality.scoring import face_analysis_copy, score_batch
 from resources.face import DlibFaceBackend, InsightFaceBackend
 from resources.scoring import (
     ClassicalTechnical,
@@ -89,15 +99,87 @@ def backends(args: argparse.Namespace):
     return aesthetic, technical, face
 
 
-def images_per_second(run, count: int) -> float:
+def timed(run) -> float:
     started = time.perf_counter()
     run()
-    return count / (time.perf_counter() - started)
+    return time.perf_counter() - started
+
+
+def write_pngs(images: list[np.ndarray], folder: Path) -> list[Path]:
+    paths = []
+    for index, image in enumerate(images):
+        path = folder / f"image-{index:03d}.png"
+        path.write_bytes(image_files.encode_png(Image.fromarray(image)))
+        paths.append(path)
+    return paths
+
+
+def stage_seconds(paths, batch_size, aesthetic, technical, face, identity) -> float:
+    """image_scores' work: decode, score every batch, composite, gate with near-duplicates."""
+
+    def run() -> None:
+        frames, vectors = [], []
+        for indices in chunks(paths, batch_size):
+            pixels = [image_files.load_rgb(paths[i]) for i in indices]
+            batch = score_batch(pixels, aesthetic, technical, face, identity)
+            frames.append(pd.DataFrame({
+                "image_id": [paths[i].stem for i in indices],
+                quality.AESTHETIC: batch.aesthetic, quality.TECHNICAL: batch.technical, quality.FACE_MATCH: batch.face_match,
+            }))
+            vectors.append(batch.embeddings)
+        frame = pd.concat(frames, ignore_index=True)
+        frame[quality.COMPOSITE] = quality.composite_score(frame[quality.AESTHETIC], frame[quality.TECHNICAL], frame[quality.FACE_MATCH])
+        quality.decide(frame, np.concatenate(vectors), quality.Thresholds(), aesthetic.near_duplicate_cosine)
+
+    return timed(run)
+
+
+def limit_seconds(images, batch_size, aesthetic, technical, face) -> dict[str, float]:
+    """The models alone, one scorer at a time, on inputs prepared beforehand (not timed)."""
+    import torch
+
+    seconds: dict[str, float] = {}
+    if isinstance(aesthetic, LaionAesthetic):
+        model, preprocess, mlp = aesthetic.models()
+        device = next(model.parameters()).device
+        tensors = [torch.stack([preprocess(Image.fromarray(images[i])) for i in idx]).to(device) for idx in chunks(images, batch_size)]
+
+        def clip_forward() -> None:
+            with torch.inference_mode():
+                for pixels in tensors:
+                    features = torch.nn.functional.normalize(model.encode_image(pixels).float(), dim=-1)
+                    mlp["layers"](features)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+
+        seconds["aesthetic (CLIP + MLP forward)"] = timed(clip_forward)
+    else:
+        seconds["aesthetic (image-statistics proxy)"] = timed(
+            lambda: [(measures.aesthetic_proxy(i), measures.tiny_image_embedding(i)) for i in images]
+        )
+    if isinstance(technical, Musiq):
+        metric = technical.metric()
+        tensors = [torch.from_numpy(np.stack([images[i] for i in idx])).permute(0, 3, 1, 2).float().div(255.0)
+                   for idx in chunks(images, technical.batch_size)]
+
+        def musiq_forward() -> None:
+            with torch.inference_mode():
+                for pixels in tensors:
+                    metric(pixels)
+
+        seconds["technical (MUSIQ forward)"] = timed(musiq_forward)
+    else:
+        seconds["technical (classical measures)"] = timed(lambda: [measures.technical_quality(i) for i in images])
+    small = [face_analysis_copy(image) for image in images]
+    seconds[f"face ({face.backend_name()} detect + embed)"] = timed(
+        lambda: [face.embed_largest_faces([small[i] for i in idx]) for idx in chunks(small, batch_size)]
+    )
+    return seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--size", type=int, default=768)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--aesthetic", choices=("proxy", "laion"), default="proxy")
@@ -110,6 +192,7 @@ def main() -> None:
     parser.add_argument("--insightface-root", default="~/.insightface")
     parser.add_argument("--random-weights", action="store_true", help="real architectures, random weights")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--per-image", action="store_true", help="also time the stage one image per call")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as folder:
@@ -117,27 +200,30 @@ def main() -> None:
             random_weight_files(args, Path(folder))
         aesthetic, technical, face = backends(args)
         images = bench_images(args.images, args.size)
+        paths = write_pngs(images, Path(folder))
         warm = face.embed_largest_faces([images[0]])[0]
         identity = warm.embedding if warm is not None else np.ones(128, np.float32) / np.sqrt(128)
         score_batch(images[:1], aesthetic, technical, face, identity)  # loads every model
+        # Side by side, alternating, best of two each: the machine's other load hits both alike.
+        limit_runs, stage_runs = [], []
+        for _ in range(2):
+            limit_runs.append(limit_seconds(images, args.batch_size, aesthetic, technical, face))
+            stage_runs.append(stage_seconds(paths, args.batch_size, aesthetic, technical, face, identity))
+        limits, stage = min(limit_runs, key=lambda run: sum(run.values())), min(stage_runs)
+        per_image = stage_seconds(paths, 1, aesthetic, technical, face, identity) if args.per_image else None
 
-        def batched() -> None:
-            for indices in chunks(images, args.batch_size):
-                score_batch([images[i] for i in indices], aesthetic, technical, face, identity)
-
-        def per_image() -> None:
-            for image in images:
-                score_batch([image], aesthetic, technical, face, identity)
-
-        one = images_per_second(per_image, len(images))
-        many = images_per_second(batched, len(images))
-
+    n = len(images)
+    limit = sum(limits.values())
     print(f"backends: {aesthetic.backend_name()}, {technical.backend_name()}, {face.backend_name()}"
           f"{' (random weights)' if args.random_weights else ''}; device {resolve_device(args.device)}")
-    print(f"{len(images)} images of {args.size}x{args.size} px, batch size {args.batch_size}")
-    print(f"per-image: {one:.2f} images/s")
-    print(f"batched:   {many:.2f} images/s")
-    print(f"ratio: {many / one:.2f}")
+    print(f"{n} images of {args.size}x{args.size} px, batch size {args.batch_size}")
+    for name, seconds in limits.items():
+        print(f"  model limit, {name}: {n / seconds:.2f} images/s")
+    print(f"model limit, all scorers: {n / limit:.2f} images/s")
+    print(f"scoring stage (decode + scorers + gate): {n / stage:.2f} images/s")
+    if per_image is not None:
+        print(f"scoring stage one image per call: {n / per_image:.2f} images/s (batched/per-image {per_image / stage:.2f})")
+    print(f"ratio stage / model limit: {limit / stage:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""Write the Kubernetes Job that dagster-k8s creates for every GPU step, one YAML file per step.
+"""Write the Kubernetes Job that dagster-k8s creates for every profiled step, one YAML file per step.
+
+Profiled steps are the GPU steps and those of a CPU profile of a GPU kind (a voice step that
+calls a TTS server): every op with a ``hydra/workload`` tag.
 
     python deploy/render_manifests.py [OUT_DIR]      # default $MANIFESTS_DIR or deploy/manifests
 

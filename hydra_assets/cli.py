@@ -21,7 +21,6 @@ QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 
 
 def _write_demo_data(roster_dir: Path, storage_root: Path, *, force: bool, chapters_dir: Path | None = None) -> int:
-    from hydra_assets.domain.chapters import chapters_folder
     from hydra_assets.domain.demo_chapter import write_demo_chapter
     from hydra_assets.domain.demo_data import DEMO_QUEENS, write_demo_data
     from hydra_assets.domain.demo_dialogue import write_demo_dialogue
@@ -34,7 +33,7 @@ def _write_demo_data(roster_dir: Path, storage_root: Path, *, force: bool, chapt
     present = [d.slug for d in DEMO_QUEENS if (roster_dir / f"{d.slug}.yaml").is_file()]
     for path in write_demo_dialogue(roster_dir, slugs=present):
         print(f"wrote demo dialogue {path}")
-    if chapter := write_demo_chapter(chapters_dir or Path(chapters_folder(SETTINGS))):
+    if chapter := write_demo_chapter(chapters_dir or Path(SETTINGS.chapters_dir)):
         print(f"wrote demo chapter {chapter}")
     return 0
 
@@ -106,11 +105,11 @@ def _chapter_row(slug: str, result) -> dict[str, object]:
 
 def _run_chapters(instance, execute) -> tuple[list[dict[str, object]], int]:
     """Every script in the chapters folder through chapter_job (what chapters_sensor requests)."""
-    from hydra_assets.domain.chapters import chapter_slug, chapters_folder, script_files
+    from hydra_assets.domain.chapters import chapter_slug, script_files
     from hydra_assets.domain.roster import is_valid_slug
     from hydra_assets.partitions import CHAPTERS
 
-    slugs = [s for s in (chapter_slug(p) for p in script_files(Path(chapters_folder(SETTINGS)))) if is_valid_slug(s)]
+    slugs = [s for s in (chapter_slug(p) for p in script_files(Path(SETTINGS.chapters_dir))) if is_valid_slug(s)]
     instance.add_dynamic_partitions(CHAPTERS, slugs)
     rows = []
     for slug in slugs:

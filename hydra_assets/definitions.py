@@ -10,14 +10,13 @@ import dagster as dg
 from dagster_k8s import k8s_job_executor
 
 from hydra_assets.chapters import CHAPTER_ASSETS
-from hydra_assets.domain.chapters import chapters_folder
 from hydra_assets.generation import generated_images
 from hydra_assets.lora import queen_lora
 from hydra_assets.quality import QUALITY_ASSETS
 from hydra_assets.queen_profile import queen_profile
 from hydra_assets.references import reference_identity, reference_images
 from hydra_assets.settings import SETTINGS, Settings
-from hydra_assets.voice import voice_lines
+from hydra_assets.voice import build_voice_lines, voice_lines
 from jobs import ALL_JOBS
 from resources.alerts import WebhookNotifier
 from resources.catalog import CatalogResource
@@ -30,7 +29,7 @@ from resources.lora_training import LoraTrainer
 from resources.metrics import MetricsPusher
 from resources.scoring import ClassicalTechnical, ImageStatsAestheticProxy, LaionAesthetic, Musiq
 from resources.storage import HydraStorage
-from resources.voice import EspeakBackend, GptSovitsBackend
+from resources.voice import EspeakBackend, GptSovitsBackend, VoiceBackend
 from sensors import (
     build_lora_ready_sensor,
     build_chapters_sensor,
@@ -73,8 +72,8 @@ def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
         **llm_resources(),  # embedded: template prompts, the writer's lines
         "aesthetic": ImageStatsAestheticProxy(),
         "technical": ClassicalTechnical(),
-        "voice": EspeakBackend(),
-        "chapter_scripts": ChapterScripts(chapters_dir=chapters_folder(settings)),
+        "voice": EspeakBackend(loudness_target_lufs=settings.loudness_target_lufs),
+        "chapter_scripts": ChapterScripts(chapters_dir=settings.chapters_dir),
     }
 
 
@@ -103,9 +102,18 @@ def cluster_resources() -> dict[str, Any]:
             clip_checkpoint_path=dg.EnvVar("HYDRA_CLIP_CHECKPOINT"), mlp_path=dg.EnvVar("HYDRA_LAION_MLP")
         ),
         "technical": Musiq(model_path=dg.EnvVar("HYDRA_MUSIQ_WEIGHTS")),
-        "voice": GptSovitsBackend(url=dg.EnvVar("HYDRA_GPT_SOVITS_URL")),
+        "voice": GptSovitsBackend(url=dg.EnvVar("HYDRA_GPT_SOVITS_URL"), loudness_target_lufs=SETTINGS.loudness_target_lufs),
         "chapter_scripts": ChapterScripts(chapters_dir=dg.EnvVar("HYDRA_CHAPTERS_DIR")),
     }
+
+
+def assets_for(resources: Mapping[str, Any]) -> list[Any]:
+    """ASSETS, with voice steps tagged for where the configured voice backend runs its model."""
+    voice = resources.get("voice")
+    if not isinstance(voice, VoiceBackend):
+        return list(ASSETS)
+    voiced = build_voice_lines(voice.workload_profile())
+    return [voiced if asset is voice_lines else asset for asset in ASSETS]
 
 
 EXECUTOR_BY_ENV = {"local": None, "cluster": k8s_job_executor}
@@ -119,7 +127,7 @@ def build_definitions(resources: Mapping[str, Any], *, env: str = "local") -> dg
     sensor_status = dg.DefaultSensorStatus.RUNNING if running else dg.DefaultSensorStatus.STOPPED
     schedule_status = dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
     return dg.Definitions(
-        assets=ASSETS,
+        assets=assets_for(resources),
         jobs=ALL_JOBS,
         schedules=[build_overnight_schedule(schedule_status)],
         sensors=[

@@ -1,4 +1,7 @@
-"""GPU steps: a workload profile becomes the asset's op tags, concurrency pool and run priority.
+"""Cluster steps: a workload profile becomes the asset's op tags, concurrency pool and run priority.
+
+A GPU profile asks for its cards, tolerates the GPU taint and is placed on its classes' nodes;
+a CPU profile (``CPU_WORKLOADS``) asks for none of that, and its pod carries the reason.
 
 The tags are inert in-process (local); under dagster-k8s's ``k8s_job_executor`` the
 ``dagster-k8s/config`` op tag shapes each step's pod (job-level tags reach only the run pod).
@@ -15,7 +18,7 @@ from typing import Any
 
 from dagster_k8s.job import USER_DEFINED_K8S_CONFIG_KEY, UserDefinedDagsterK8sConfig, get_user_defined_k8s_config
 
-from hydra_assets.domain.workloads import GPU_CLASSES, WORKLOADS, WorkloadProfile, validate_workloads
+from hydra_assets.domain.workloads import CPU_WORKLOADS, GPU_CLASSES, WORKLOADS, WorkloadProfile, validate_workloads
 
 WORKLOAD_TAG = "hydra/workload"
 K8S_CONFIG_TAG = USER_DEFINED_K8S_CONFIG_KEY  # "dagster-k8s/config"
@@ -25,15 +28,17 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_CLASS_LABEL = "hydra.io/gpu-class"
 WORKLOAD_LABEL = "hydra.io/workload"
 SAFE_TO_EVICT_ANNOTATION = "cluster-autoscaler.kubernetes.io/safe-to-evict"
+WORKLOAD_REASON_ANNOTATION = "hydra.io/workload-reason"
 
 validate_workloads()
 
 
 def profile(name: str) -> WorkloadProfile:
     try:
-        return WORKLOADS[name]
+        return WORKLOADS.get(name) or CPU_WORKLOADS[name]
     except KeyError:
-        raise KeyError(f"unknown workload profile {name!r}; known: {', '.join(sorted(WORKLOADS))}") from None
+        known = ", ".join(sorted({*WORKLOADS, *CPU_WORKLOADS}))
+        raise KeyError(f"unknown workload profile {name!r}; known: {known}") from None
 
 
 def pool_for_class(gpu_class: str) -> str:
@@ -44,9 +49,11 @@ def gpu_pool(name: str) -> str:
     """The pool of the profile's first preferred class, so two steps never fight for one card.
 
     A step may land on a later class of its list (image generation on the 4090); it still holds
-    the first class's slot, which errs on the side of fewer steps at once.
+    the first class's slot, which errs on the side of fewer steps at once. A profile that names
+    its own pool (every CPU profile) holds that one.
     """
-    return pool_for_class(profile(name).gpu_classes[0])
+    p = profile(name)
+    return p.pool or pool_for_class(p.gpu_classes[0])
 
 
 def gpu_pools() -> dict[str, str]:
@@ -93,8 +100,32 @@ def _node_placement(p: WorkloadProfile) -> dict[str, Any]:
     }
 
 
+def _build_cpu_step_config(p: WorkloadProfile) -> dict[str, Any]:
+    """No GPU, no GPU toleration, no GPU node placement: the pod goes wherever CPU is free."""
+    pod_spec: dict[str, Any] = {}
+    if p.max_duration_seconds:
+        pod_spec["active_deadline_seconds"] = p.max_duration_seconds
+    annotations = {WORKLOAD_REASON_ANNOTATION: p.reason}
+    if not p.preemptible:
+        annotations[SAFE_TO_EVICT_ANNOTATION] = "false"
+    config: dict[str, Any] = {
+        "container_config": {
+            "resources": {
+                "requests": {"cpu": p.cpu_request, "memory": p.memory_request},
+                "limits": {"cpu": p.cpu_limit, "memory": p.memory_limit},
+            }
+        },
+        "pod_template_spec_metadata": {"labels": {WORKLOAD_LABEL: p.name}, "annotations": annotations},
+    }
+    if pod_spec:
+        config["pod_spec_config"] = pod_spec
+    return config
+
+
 def _build_step_config(name: str) -> dict[str, Any]:
     p = profile(name)
+    if p.gpus == 0:
+        return _build_cpu_step_config(p)
     pod_spec: dict[str, Any] = {
         "tolerations": [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}],
         **_node_placement(p),
@@ -143,7 +174,7 @@ def k8s_step_config(name: str) -> dict[str, Any]:
 
 
 def gpu_asset_kwargs(name: str) -> dict[str, Any]:
-    """``op_tags`` and ``pool`` for an asset whose step runs on the profile's GPU class."""
+    """``op_tags`` and ``pool`` for an asset whose step runs as the profile says (GPU or CPU profile)."""
     return {
         "op_tags": {
             WORKLOAD_TAG: name,

@@ -30,7 +30,8 @@ from hydra_assets.partitions import queens_partitions
 from hydra_assets.run_tags import LORA_LOCK_TAG, PARTITION_TAG
 from resources.catalog import CatalogResource, QueenRow
 from resources.events import EventPublisher, EventStream
-from resources.lora_training import LoraTrainer, TrainingImage, TrainingProgress, read_lora_header, serialize_lora
+from resources.lora_files import read_lora_header, serialize_lora
+from resources.lora_training import LoraTrainer, TrainingImage, TrainingProgress
 from resources.storage import HydraStorage
 
 WORKLOAD = "lora-training-sdxl"

@@ -56,9 +56,8 @@ def build_overnight_schedule(default_status: dg.DefaultScheduleStatus) -> dg.Sch
     )
     def overnight_schedule(context: dg.ScheduleEvaluationContext, storage: HydraStorage):
         night = night_of(context.scheduled_execution_time)
-        first_night = nights_partitions.start.strftime("%Y-%m-%d")
-        if night < first_night:
-            return dg.SkipReason(f"{night} is before the nights calendar starts ({first_night}, HYDRA_NIGHTS_START)")
+        if before_calendar := calendar_not_started(night):
+            return dg.SkipReason(before_calendar)
         queens = ready_queens(context.instance, {slug_for_file(p) for p in roster_files(Path(storage.roster_dir))})
         if not queens:
             return dg.SkipReason(f"no queen has a LoRA yet; nothing to generate for {night}")
@@ -66,6 +65,14 @@ def build_overnight_schedule(default_status: dg.DefaultScheduleStatus) -> dg.Sch
         return [overnight_request(queen, night, "schedule") for queen in queens]
 
     return overnight_schedule
+
+
+def calendar_not_started(night: str) -> str | None:
+    """Why ``night`` has no partition yet, when the calendar starts after it (a skip, not an error)."""
+    first_night = nights_partitions.start.strftime("%Y-%m-%d")
+    if night < first_night:
+        return f"{night} is before the nights calendar starts ({first_night}, HYDRA_NIGHTS_START)"
+    return None
 
 
 def build_lora_ready_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
@@ -84,8 +91,10 @@ def build_lora_ready_sensor(default_status: dg.DefaultSensorStatus) -> dg.Sensor
             QUEEN_LORA, limit=LORA_EVENTS_PER_TICK, cursor=json.loads(context.cursor)["events"], ascending=True
         )
         night = night_of(dt.datetime.now(ZoneInfo(SETTINGS.timezone)))
-        requests: dict[str, dg.RunRequest] = {}
         cursor = json.dumps({"events": records.cursor})
+        if before_calendar := calendar_not_started(night):
+            return dg.SensorResult(skip_reason=dg.SkipReason(before_calendar), cursor=cursor)
+        requests: dict[str, dg.RunRequest] = {}
         for record in records.records:
             materialization = record.asset_materialization
             if materialization is None or materialization.partition is None:

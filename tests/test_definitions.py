@@ -95,3 +95,12 @@ def test_dagster_definitions_validate_cluster(tmp_path):
         HYDRA_WEBHOOK_URL="https://chat.example/hooks/dummy",
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_loudness_target_setting_reaches_the_voice_backend():
+    from hydra_assets.definitions import local_resources
+    from hydra_assets.settings import load_settings
+
+    handheld = local_resources(load_settings({"HYDRA_LOUDNESS_TARGET_LUFS": "-18", "HYDRA_NIGHTS_START": "2026-01-01"}))
+    assert handheld["voice"].loudness_target_lufs == -18.0
+    assert local_resources(load_settings({"HYDRA_NIGHTS_START": "2026-01-01"}))["voice"].loudness_target_lufs == -23.0

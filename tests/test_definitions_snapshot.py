@@ -168,6 +168,9 @@ EXPECTED = {
         "voice_lines:duration_plausible": {
             "blocking": False
         },
+        "voice_lines:loudness_on_target": {
+            "blocking": False
+        },
         "voice_lines:every_line_has_audio": {
             "blocking": False
         }

@@ -498,7 +498,8 @@ def test_diffusers_backend_batches_and_applies_a_kohya_lora(tmp_path):
     from diffusers import StableDiffusionXLPipeline
     from peft import LoraConfig, get_peft_model_state_dict
 
-    from resources.lora_training import build_tiny_sdxl_components, peft_to_kohya, serialize_lora
+    from resources.lora_base import build_tiny_sdxl_components
+    from resources.lora_files import peft_to_kohya, serialize_lora
 
     components = build_tiny_sdxl_components()
     StableDiffusionXLPipeline(**components).save_pretrained(tmp_path / "sdxl")

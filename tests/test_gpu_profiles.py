@@ -13,7 +13,16 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from hydra_assets.domain.workloads import GPU_CLASSES, PRIORITIES, WORKLOADS, profile_problems, validate_workloads
+from hydra_assets.domain.workloads import (
+    CPU_WORKLOADS,
+    GPU_CLASSES,
+    PRIORITIES,
+    VOICE_IN_POD_PROFILE,
+    VOICE_REMOTE_PROFILE,
+    WORKLOADS,
+    profile_problems,
+    validate_workloads,
+)
 from hydra_assets.gpu import (
     GPU_CLASS_LABEL,
     GPU_RESOURCE,
@@ -21,6 +30,7 @@ from hydra_assets.gpu import (
     PRIORITY_TAG,
     SAFE_TO_EVICT_ANNOTATION,
     WORKLOAD_LABEL,
+    WORKLOAD_REASON_ANNOTATION,
     WORKLOAD_TAG,
     gpu_asset_kwargs,
     gpu_pool,
@@ -107,6 +117,40 @@ def test_step_config_is_accepted_by_dagster_k8s_and_carries_the_profile(name):
     metadata = parsed.pod_template_spec_metadata
     assert metadata["labels"] == {WORKLOAD_LABEL: name}
     assert (metadata.get("annotations", {}).get(SAFE_TO_EVICT_ANNOTATION) == "false") == (not profile.preemptible)
+
+
+@pytest.mark.parametrize("name", sorted(CPU_WORKLOADS))
+def test_a_cpu_profile_asks_for_no_gpu_and_says_why(name):
+    profile = CPU_WORKLOADS[name]
+    assert profile_problems(profile) == [] and profile.gpus == 0 and profile.reason
+    parsed = parse_step_config(k8s_step_config(name))
+    resources = parsed.container_config["resources"]
+    assert resources["limits"] == {"cpu": profile.cpu_limit, "memory": profile.memory_limit}
+    assert resources["requests"] == {"cpu": profile.cpu_request, "memory": profile.memory_request}
+    assert not {"tolerations", "node_selector", "affinity"} & set(parsed.pod_spec_config)
+    assert parsed.pod_template_spec_metadata["labels"] == {WORKLOAD_LABEL: name}
+    assert parsed.pod_template_spec_metadata["annotations"][WORKLOAD_REASON_ANNOTATION] == profile.reason
+    assert gpu_pool(name) == profile.pool and profile.pool not in gpu_pools()
+
+
+def test_a_cpu_profile_must_not_name_gpus_and_must_say_why():
+    broken = replace(CPU_WORKLOADS[VOICE_REMOTE_PROFILE], gpu_classes=("3060",), reason=" ", pool=None)
+    assert profile_problems(broken) == [
+        "workload profile 'voice-synthesis-remote': asks for no GPU, so it takes no GPU classes and no VRAM",
+        "workload profile 'voice-synthesis-remote': asks for no GPU and must say why (reason)",
+        "workload profile 'voice-synthesis-remote': asks for no GPU, so it must name its pool",
+    ]
+
+
+def test_voice_backends_pick_the_profile_by_where_their_model_runs():
+    from resources.voice import EspeakBackend, GptSovitsBackend, KokoroBackend, XttsBackend
+
+    assert EspeakBackend.runs_in_pod and EspeakBackend.workload_profile() == VOICE_IN_POD_PROFILE
+    for backend in (GptSovitsBackend, KokoroBackend, XttsBackend):
+        assert not backend.runs_in_pod and backend.workload_profile() == VOICE_REMOTE_PROFILE
+    assert WORKLOADS[VOICE_IN_POD_PROFILE].gpus == 1 and CPU_WORKLOADS[VOICE_REMOTE_PROFILE].gpus == 0
+    # Same urgency either way: only where the model runs differs.
+    assert CPU_WORKLOADS[VOICE_REMOTE_PROFILE].priority == WORKLOADS[VOICE_IN_POD_PROFILE].priority
 
 
 def test_dagster_k8s_rejects_a_misspelt_field_so_the_check_is_real():

@@ -25,16 +25,9 @@ from hydra_assets.lora import queen_lora
 from hydra_assets.partitions import QUEENS
 from resources.catalog import CatalogResource
 from resources.events import EventPublisher
-from resources.lora_training import (
-    LORA_TARGET_MODULES,
-    TINY_BASE_MODEL,
-    BaseModelMissingError,
-    LoraTrainer,
-    TrainingImage,
-    build_tiny_sdxl_components,
-    read_lora_header,
-    serialize_lora,
-)
+from resources.lora_base import TINY_BASE_MODEL, BaseModelMissingError, build_tiny_sdxl_components
+from resources.lora_files import read_lora_header, serialize_lora
+from resources.lora_training import LORA_TARGET_MODULES, LoraTrainer, TrainingImage
 from resources.storage import HydraStorage
 
 SLUG = "nova-sterling"

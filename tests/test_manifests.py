@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from hydra_assets.domain.workloads import WORKLOADS
+from hydra_assets.domain.workloads import CPU_WORKLOADS, VOICE_REMOTE_PROFILE, WORKLOADS
 from hydra_assets.gpu import GPU_CLASS_LABEL, GPU_RESOURCE, SAFE_TO_EVICT_ANNOTATION, WORKLOAD_LABEL, WORKLOAD_TAG, gpu_asset_kwargs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,6 +168,31 @@ def test_real_definitions_get_a_valid_manifest_for_each_gpu_step(tmp_path, helm)
     assert set(paths) == tagged
     for path in paths.values():
         kubernetes_validate.validate(yaml.safe_load(path.read_text()), K8S_VERSIONS[-1], strict=True)
+
+
+def test_cluster_voice_step_with_a_tts_server_gets_a_valid_cpu_only_manifest(tmp_path, helm):
+    from hydra_assets.definitions import build_definitions, cluster_resources
+
+    defs = build_definitions(cluster_resources(), env="cluster")
+    paths = render.render_manifests(defs, tmp_path, helm)
+    assert set(paths) == {"queen_lora", "generated_images", "image_scores", "voice_lines"}
+    voice = yaml.safe_load(paths["voice_lines"].read_text())
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(voice, version, strict=True)
+    profile = CPU_WORKLOADS[VOICE_REMOTE_PROFILE]
+    pod, container = _pod(voice), _container(voice)
+    assert container["resources"] == {
+        "limits": {"cpu": profile.cpu_limit, "memory": profile.memory_limit},
+        "requests": {"cpu": profile.cpu_request, "memory": profile.memory_request},
+    }
+    assert "nodeSelector" not in pod and "affinity" not in pod
+    assert all(t.get("key") != GPU_RESOURCE for t in pod.get("tolerations") or [])
+    metadata = voice["spec"]["template"]["metadata"]
+    assert metadata["labels"][WORKLOAD_LABEL] == VOICE_REMOTE_PROFILE
+    assert metadata["annotations"]["hydra.io/workload-reason"] == profile.reason
+    # The GPU steps are unchanged by the voice backend.
+    lora = _container(yaml.safe_load(paths["queen_lora"].read_text()))
+    assert lora["resources"]["limits"][GPU_RESOURCE] == "1"
 
 
 def test_cli_writes_into_manifests_dir_and_clears_only_its_own_stale_files(tmp_path, monkeypatch, capsys):

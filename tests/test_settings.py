@@ -144,3 +144,12 @@ def test_a_tick_before_the_calendar_starts_skips_with_a_reason(tmp_path):
     assert "before the nights calendar starts" in before.skip_message and TEST_NIGHTS_START in before.skip_message
     [request] = results[first]  # the first night itself is a real key and is requested
     assert request.partition_key == queen_night_key("ada", TEST_NIGHTS_START)
+
+
+def test_the_lora_sensor_and_the_schedule_share_the_calendar_rule():
+    from sensors.overnight import calendar_not_started
+
+    first = dt.date.fromisoformat(TEST_NIGHTS_START)
+    reason = calendar_not_started((first - dt.timedelta(days=1)).isoformat())
+    assert reason and "HYDRA_NIGHTS_START" in reason and TEST_NIGHTS_START in reason
+    assert calendar_not_started(TEST_NIGHTS_START) is None

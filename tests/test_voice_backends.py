@@ -8,23 +8,23 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyloudnorm
 import pytest
-import requests
 import soundfile as sf
+from scipy.signal import resample_poly
 from urllib3.util.retry import RequestHistory
 
-from hydra_assets.domain import audio
+from hydra_assets.domain import audio, loudness
 from hydra_assets.domain.dialogue import DialogueLine
 from hydra_assets.domain.roster import VoiceDNA
+from resources.http import SpecRetry, server_message
 from resources.voice import (
     EspeakBackend,
     GptSovitsBackend,
     KokoroBackend,
-    SpecBackoffRetry,
     VoiceBackendUnavailable,
     VoiceConfigError,
     XttsBackend,
-    server_message,
 )
 from tests.voice_servers import PROTOCOLS, SAMPLE_RATES, VoiceTestServer, tone_wav
 
@@ -82,22 +82,70 @@ def test_decode_wav_mixes_stereo_to_mono():
     assert decoded.samples.mean() == pytest.approx(0.125, abs=1e-3)
 
 
-def test_finish_trims_silence_normalises_peak_and_encodes_pcm16_mono():
+def bs1770(wav: bytes) -> tuple[float, float]:
+    """pyloudnorm's integrated loudness and a 4x-oversampled true peak of WAV bytes."""
+    samples, rate = sf.read(io.BytesIO(wav), dtype="float64")
+    return pyloudnorm.Meter(rate).integrated_loudness(samples), 20 * np.log10(np.abs(resample_poly(samples, 4, 1)).max())
+
+
+def test_finish_trims_silence_normalises_loudness_and_encodes_pcm16_mono():
     raw = audio.decode_wav(tone_wav(1.0, 24000, lead=0.5, tail=0.8, amplitude=0.1), "tone")
     finished = audio.finish(raw, trim_padding_seconds=0.05)
     assert raw.duration == pytest.approx(2.3, abs=0.01)
     assert finished.duration == pytest.approx(1.1, abs=0.03)  # tone + 2 x 50 ms padding
-    assert finished.peak_dbfs == pytest.approx(-1.0, abs=0.05)
-    assert finished.source_rms_dbfs < finished.rms_dbfs
+    lufs, true_peak = bs1770(finished.wav)
+    assert lufs == pytest.approx(-23.0, abs=0.05) == finished.loudness_lufs
+    assert true_peak <= -1.0 and finished.true_peak_dbtp == pytest.approx(true_peak, abs=0.01)
+    assert finished.true_peak_dbtp >= finished.peak_dbfs
     info = sf.info(io.BytesIO(finished.wav))
     assert (info.channels, info.subtype, info.samplerate) == (1, "PCM_16", 24000)
 
 
+def test_finish_pads_a_line_shorter_than_a_gating_block_so_it_measures_on_target():
+    raw = audio.decode_wav(tone_wav(0.15, 16000, lead=0.0, tail=0.0), "blip")
+    finished = audio.finish(raw, source="line blip", target_lufs=-18.0)
+    assert finished.duration == pytest.approx(0.4, abs=0.001)
+    lufs, true_peak = bs1770(finished.wav)
+    assert lufs == pytest.approx(-18.0, abs=0.05) and true_peak <= -1.0
+
+
+def test_true_peak_sits_above_the_sample_peak_between_samples():
+    # A sine at a quarter of the rate, sampled 45 degrees off its crests: samples at 0.707, true peak 1.0.
+    n = np.arange(4000)
+    samples = np.sin(np.pi / 2 * n + np.pi / 4)
+    assert 20 * np.log10(np.abs(samples).max()) == pytest.approx(-3.01, abs=0.01)
+    assert loudness.true_peak_dbtp(samples) == pytest.approx(0.0, abs=0.2)  # the FIR ripple of a 4x estimate
+
+
+def clicky(click: float) -> audio.Audio:
+    rng = np.random.default_rng(3)
+    speech = audio.decode_wav(tone_wav(2.0, 24000, amplitude=0.05), "tone").samples.copy()
+    speech[rng.choice(len(speech), 40, replace=False)] = click
+    return audio.Audio(speech, 24000)
+
+
+def test_peaks_a_limiter_can_take_are_limited_and_the_line_stays_on_target():
+    finished = audio.finish(clicky(0.2), target_lufs=-18.0)  # at -18 LUFS the clicks would reach +3 dBTP
+    lufs, true_peak = bs1770(finished.wav)
+    assert lufs == pytest.approx(-18.0, abs=0.1) and true_peak <= -1.0
+
+
+def test_beyond_the_limiter_the_ceiling_wins_over_the_target():
+    finished = audio.finish(clicky(0.5), target_lufs=-18.0)  # would reach +8 dBTP: more than 6 dB to take
+    lufs, true_peak = bs1770(finished.wav)
+    assert lufs < -19.0 and true_peak == pytest.approx(-1.0, abs=0.05)
+    assert loudness.loudness_problem(lufs, true_peak, -18.0, -1.0, 1.0).endswith("from the -18 LUFS target")
+
+
 def test_finish_leaves_silence_alone_so_the_check_can_see_it():
     silent = audio.decode_wav(tone_wav(1.0, 16000, silent=True), "silence")
-    finished = audio.finish(silent)
+    finished = audio.finish(silent, source="line hush")
     assert finished.duration == pytest.approx(silent.duration)
     assert finished.source_rms_dbfs == float("-inf")
+    assert finished.loudness_lufs is None
+    assert finished.loudness_error.startswith("line hush: silent: no 400 ms block above BS.1770's -70 LUFS gate")
+    with pytest.raises(loudness.SilentAudioError, match="^line hush: silent"):
+        loudness.normalize(silent.samples, 16000, "line hush")
 
 
 def test_stored_wav_problem(tmp_path):
@@ -266,6 +314,26 @@ def test_http_backend_rejects_a_body_that_is_not_audio(server, reference_clip, b
     assert "not a RIFF/WAVE file" in result.error and described in result.error
 
 
+def test_http_backend_rejects_garbage_behind_a_wav_header(server, reference_clip):
+    server.knobs.body = "garbage"
+    backend = http_backend(server.protocol, server.url)
+    _, [result] = synthesize(backend, VoiceDNA(reference_clips=[str(reference_clip)]), line())
+    assert result.audio is None
+    assert f"{server.url}" in result.error and "has a RIFF/WAVE header but does not decode" in result.error
+    assert len(server.requests) == 1
+
+
+def test_http_backend_stops_a_slow_drip_at_the_overall_deadline(server, reference_clip):
+    # 512 bytes every 50 ms: no read waits anywhere near read_timeout_s, yet the WAV would take seconds.
+    server.knobs.drip_s = 0.05
+    backend = http_backend(server.protocol, server.url, read_timeout_s=1.0, deadline_s=0.8)
+    started = time.perf_counter()
+    _, [result] = synthesize(backend, VoiceDNA(reference_clips=[str(reference_clip)]), line(LONG))
+    assert time.perf_counter() - started < 1.6
+    assert result.audio is None and "no complete answer within 0.8 s (deadline_s)" in result.error
+    assert len(server.requests) == 1
+
+
 def test_http_backend_times_out_without_retrying(server, reference_clip):
     server.knobs.delay_s = 1.5
     backend = http_backend(server.protocol, server.url, read_timeout_s=0.3)
@@ -289,7 +357,7 @@ def test_unreachable_server_stops_the_batch(reference_clip):
 def test_backoff_grows_exponentially_with_jitter_up_to_the_cap():
     def wait(retries: int) -> float:
         history = tuple(RequestHistory("POST", "/tts", None, 503, None) for _ in range(retries))
-        return SpecBackoffRetry(total=10, backoff_factor=1.0, backoff_max=3.0, history=history).get_backoff_time()
+        return SpecRetry(total=10, backoff_factor=1.0, backoff_max=3.0, history=history).get_backoff_time()
 
     assert wait(0) == 0.0
     for retries, ceiling in [(1, 1.0), (2, 2.0), (3, 3.0), (6, 3.0)]:
@@ -342,7 +410,4 @@ def test_settings_that_a_server_ignores_are_not_sent():
     ],
 )
 def test_server_message_reads_each_servers_error_shape(body, expected):
-    response = requests.Response()
-    response._content = body
-    response.status_code = 400
-    assert server_message(response) == expected
+    assert server_message(body) == expected

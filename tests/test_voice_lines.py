@@ -7,10 +7,13 @@ import socket
 from pathlib import Path
 
 import dagster as dg
+import numpy as np
+import pyloudnorm
 import pytest
 import soundfile as sf
 import sqlalchemy as sa
 import yaml
+from scipy.signal import resample_poly
 
 from hydra_assets.domain.demo_data import DEMO_QUEENS
 from hydra_assets.domain.demo_dialogue import DEMO_DIALOGUE, write_demo_dialogue
@@ -23,7 +26,18 @@ from resources.voice import EspeakBackend, GptSovitsBackend, KokoroBackend
 from tests.voice_servers import VoiceTestServer, tone_wav
 
 SLUG = "nova-sterling"
-CHECKS = ("dialogue_valid", "every_line_has_audio", "audio_not_empty", "audio_not_silent", "duration_plausible")
+CHECKS = (
+    "dialogue_valid", "every_line_has_audio", "audio_not_empty", "audio_not_silent", "duration_plausible",
+    "loudness_on_target",
+)
+
+
+def measured_loudness(path: Path) -> tuple[float, float]:
+    """Integrated LUFS (pyloudnorm, BS.1770) and 4x-oversampled true peak (dBTP) of a WAV on disk."""
+    samples, rate = sf.read(str(path), dtype="float64")
+    lufs = pyloudnorm.Meter(rate).integrated_loudness(samples)
+    true_peak = 20 * np.log10(np.max(np.abs(resample_poly(samples, 4, 1))))
+    return float(lufs), float(true_peak)
 
 
 class Pipeline:
@@ -131,7 +145,10 @@ def test_espeak_lines_are_written_checked_and_redone_incrementally(pipeline, cap
         info = sf.info(str(path))
         assert (info.channels, info.subtype, info.samplerate) == (1, "PCM_16", entry["sample_rate"])
         assert entry["sha256"] == sha256_file(path) and entry["duration"] == pytest.approx(info.duration, abs=1e-3)
-        assert entry["peak_dbfs"] == pytest.approx(-1.0, abs=0.05)
+        lufs, true_peak = measured_loudness(path)
+        assert lufs == pytest.approx(-23.0, abs=1.0) and true_peak <= -1.0, (line_id, lufs, true_peak)
+        assert entry["loudness_lufs"] == pytest.approx(lufs, abs=0.01)
+        assert entry["true_peak_dbtp"] == pytest.approx(true_peak, abs=0.1)
     assert meta["total_audio_seconds"] == pytest.approx(sum(e["duration"] for e in manifest["lines"].values()), abs=0.01)
     assert not list(pipeline.voice_dir.glob(".*.tmp")), "no temp files left behind"
     before = {p.name: p.stat().st_mtime_ns for p in pipeline.voice_dir.glob("*.wav")}
@@ -233,8 +250,12 @@ def test_checks_catch_silent_and_implausibly_long_audio(pipeline):
         server.knobs.tone_seconds = 20.0
         result = pipeline.run(GptSovitsBackend(url=server.url), profile=True)
     assert checks(result) == {
-        **dict.fromkeys(CHECKS, True), "audio_not_silent": False, "duration_plausible": False
+        **dict.fromkeys(CHECKS, True), "audio_not_silent": False, "duration_plausible": False,
+        "loudness_on_target": False,
     }
+    [loudness] = [c for c in evaluations(result) if c.check_name == "loudness_on_target"]
+    assert "line short: silent: no 400 ms block above BS.1770's -70 LUFS gate" in loudness.description
+    assert pipeline.manifest()["lines"]["short"]["loudness_lufs"] is None
     assert pipeline.query("select approved, rejection_reason from generated_assets") == [(0, "silent")]
     assert pipeline.query("select voice_line_count from queens") == [(0,)]
 
@@ -288,3 +309,89 @@ def test_voice_lines_asset_is_tagged_for_the_voice_synthesis_gpu():
     assert voice_lines.op.tags["hydra/workload"] == "voice-synthesis"
     assert voice_lines.op.pool == "gpu-3060"
     assert [spec.name for spec in voice_lines.check_specs] == list(CHECKS)
+
+
+def test_voice_lines_on_the_cluster_ask_for_a_gpu_only_when_the_model_runs_in_the_pod():
+    from hydra_assets.definitions import build_definitions, cluster_resources, local_resources
+
+    def voice_node(resources):
+        defs = build_definitions(resources, env="cluster")
+        return defs.resolve_implicit_global_asset_job_def().graph.node_named("voice_lines")
+
+    remote = voice_node(cluster_resources())  # GPT-SoVITS: the model runs in the TTS server's pod
+    assert remote.tags["hydra/workload"] == "voice-synthesis-remote" and remote.definition.pool == "voice-tts"
+    pod = json.loads(remote.tags["dagster-k8s/config"])
+    assert "nvidia.com/gpu" not in pod["container_config"]["resources"]["limits"]
+    assert "node_selector" not in pod.get("pod_spec_config", {})
+    assert "GPU" in pod["pod_template_spec_metadata"]["annotations"]["hydra.io/workload-reason"]
+    in_pod = voice_node(local_resources())  # eSpeak: the synthesis runs in the step's own process
+    assert in_pod.tags["hydra/workload"] == "voice-synthesis" and in_pod.definition.pool == "gpu-3060"
+    assert json.loads(in_pod.tags["dagster-k8s/config"])["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+
+
+@pytest.mark.parametrize("target", [-23.0, -18.0])
+def test_every_line_is_on_the_loudness_target_measured_on_the_wav(pipeline, target):
+    pipeline.write_queen()
+    lines = [*DEMO_DIALOGUE[SLUG], {"id": "short", "text": "Yes.", "level": 0, "emotion": "neutral", "speed": 2.0}]
+    pipeline.write_dialogue(lines)
+    result = pipeline.run(EspeakBackend(loudness_target_lufs=target), profile=True)
+    assert checks(result) == dict.fromkeys(CHECKS, True)
+    manifest = pipeline.manifest()
+    assert manifest["lines"]["short"]["source_duration"] < 0.6
+    for line in lines:
+        path = pipeline.voice_dir / f"{line['id']}.wav"
+        assert sf.info(str(path)).duration >= 0.4, "shorter than a BS.1770 block: padded so it can be measured"
+        lufs, true_peak = measured_loudness(path)
+        assert abs(lufs - target) <= 1.0 and true_peak <= -1.0, (line["id"], lufs, true_peak)
+    assert {e["postprocess"]["loudness_target_lufs"] for e in manifest["lines"].values()} == {target}
+
+
+def test_a_line_the_ceiling_keeps_off_target_fails_the_loudness_check(pipeline):
+    pipeline.write_queen()
+    pipeline.write_dialogue(DEMO_DIALOGUE[SLUG][:3])
+    # -10 LUFS cannot be reached with peaks at -1 dBTP for speech: the ceiling wins, the check fails.
+    result = pipeline.run(EspeakBackend(loudness_target_lufs=-10.0), profile=True)
+    assert checks(result) == {**dict.fromkeys(CHECKS, True), "loudness_on_target": False}
+    [evaluation] = [c for c in evaluations(result) if c.check_name == "loudness_on_target"]
+    off_target = evaluation.metadata["off_target"].value
+    assert sorted(off_target) == sorted(line["id"] for line in DEMO_DIALOGUE[SLUG][:3])
+    assert "more than 1 LU from the -10 LUFS target" in evaluation.description
+    for line_id in off_target:
+        lufs, true_peak = measured_loudness(pipeline.voice_dir / f"{line_id}.wav")
+        assert lufs < -11.0 and true_peak <= -0.95  # never clipped to reach the target
+    assert {r for (r,) in pipeline.query("select rejection_reason from generated_assets")} == {"loudness_off_target"}
+
+
+def test_a_line_with_the_same_key_is_shared_through_the_index_not_synthesised_again(pipeline):
+    from hydra_assets.domain.voice_synthesis import Mastering, ReuseIndex, synthesize_lines
+    from hydra_assets.domain.dialogue import DialogueLine
+    from hydra_assets.domain.roster import VoiceDNA
+
+    pipeline.write_queen()
+    pipeline.write_dialogue(DEMO_DIALOGUE[SLUG][:2])
+    pipeline.run(EspeakBackend(), profile=True)
+    greeting = DEMO_DIALOGUE[SLUG][0]
+    # What a chapter's dialogue does: its own ids and folder, the same voice and text.
+    backend = EspeakBackend()
+    [demo] = [q for q in DEMO_QUEENS if q.slug == SLUG]
+    lines = [
+        DialogueLine(id="dialogue_001", text=greeting["text"], level=3, emotion=greeting["emotion"]),
+        DialogueLine(id="dialogue_002", text="A line no queen has said yet.", level=3, emotion="neutral"),
+    ]
+    plan = backend.plan(SLUG, VoiceDNA(**demo.roster["voice_dna"]), "en", lines)
+    layout = pipeline.storage.layout
+    out = pipeline.tmp / "storage" / "chapters" / "chapter-01" / "audio"
+    outcome = synthesize_lines(
+        backend, plan, {line.id: out / f"{line.id}.wav" for line in lines},
+        mastering=Mastering(), index=ReuseIndex(layout.voice_index_dir(), layout.root),
+    )
+    shared, new = outcome.lines["dialogue_001"], outcome.lines["dialogue_002"]
+    assert (shared.status, new.status) == ("reused", "new") and outcome.aborted is None
+    assert shared.reused_from == str(pipeline.voice_dir / "greeting.wav")
+    assert (out / "dialogue_001.wav").read_bytes() == (pipeline.voice_dir / "greeting.wav").read_bytes()
+    assert shared.record["level"] == 3 and shared.record["file"] == "dialogue_001.wav"
+    assert new.record["sha256"] == sha256_file(out / "dialogue_002.wav")
+    # ... and the queen's next run finds the chapter's line in the index too.
+    pipeline.write_dialogue([*DEMO_DIALOGUE[SLUG][:2], {"id": "unsaid", "text": lines[1].text, "level": 0, "emotion": "neutral"}])
+    meta = metadata(pipeline.run(EspeakBackend()))
+    assert (meta["synthesized"], meta["reused"]) == (0, 3)

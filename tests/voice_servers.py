@@ -3,8 +3,9 @@
 Each server runs aiohttp on 127.0.0.1 (a free port) in a background thread, checks requests
 the way the real server does (required fields, ``stream``/``media_type``), answers with a real
 WAV (a voiced tone as long as the text would take to say), and records every request. Knobs
-make it misbehave: a 4xx with a message, N times 5xx before success, JSON or HTML instead of
-audio, an answer slower than the client's timeout, silence, or a fixed duration.
+make it misbehave: a 4xx with a message, N times 5xx before success, JSON, HTML or garbage
+instead of audio, an answer slower than the client's timeout, a WAV dripped slowly enough that
+no single read times out, silence, or a fixed duration.
 
 Protocols (SPEC "External protocols"): GPT-SoVITS api_v2 ``/tts`` (+ ``/set_gpt_weights``,
 ``/set_sovits_weights``), Kokoro-FastAPI ``POST /v1/audio/speech``, xtts-api-server
@@ -52,7 +53,9 @@ class Knobs:
     server_errors: int = 0
     """The next N synthesis requests answer 500 before the server recovers."""
     body: str = "wav"
-    """``wav``, ``json`` or ``html``: what a successful answer carries."""
+    """``wav``, ``json``, ``html`` or ``garbage`` (a RIFF/WAVE header over random bytes)."""
+    drip_s: float = 0.0
+    """Send the WAV 512 bytes at a time, this many seconds apart (a slow-drip server)."""
     delay_s: float = 0.0
     """Seconds to wait before answering (beyond the client's read timeout: a timeout)."""
     tone_seconds: float | None = None
@@ -151,7 +154,7 @@ class VoiceTestServer:
             body = {"detail": message}
         return web.json_response(body, status=status)
 
-    async def _synthesize(self, payload: dict[str, Any], text: str) -> web.StreamResponse:
+    async def _synthesize(self, request: web.Request, payload: dict[str, Any], text: str) -> web.StreamResponse:
         with self._lock:
             self.requests.append(payload)
             knobs = self.knobs
@@ -173,10 +176,25 @@ class VoiceTestServer:
                 text="<!DOCTYPE html><html><head><title>Sign in to continue</title></head><body>proxy</body></html>",
                 content_type="text/html",
             )
+        if knobs.body == "garbage":
+            junk = np.random.default_rng(len(text)).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+            return web.Response(body=b"RIFF\x00\x10\x00\x00WAVE" + junk, content_type="audio/wav")
         speed = float(payload.get("speed") or payload.get("speed_factor") or 1.0)
         seconds = knobs.tone_seconds or max(sum(c.isalnum() for c in text) / CHARS_PER_SECOND, 0.3) / speed
         wav = tone_wav(seconds, SAMPLE_RATES[self.protocol], silent=knobs.silent)
+        if knobs.drip_s:
+            return await self._drip(request, wav, knobs.drip_s)
         return web.Response(body=wav, content_type="audio/wav")
+
+    async def _drip(self, request: web.Request, wav: bytes, interval_s: float) -> web.StreamResponse:
+        """Headers at once, then the WAV in small pieces: every read is quick, the whole is not."""
+        response = web.StreamResponse(headers={"Content-Type": "audio/wav", "Content-Length": str(len(wav))})
+        await response.prepare(request)
+        for start in range(0, len(wav), 512):
+            await response.write(wav[start : start + 512])
+            await asyncio.sleep(interval_s)
+        await response.write_eof()
+        return response
 
     async def _gpt_sovits_tts(self, request: web.Request) -> web.StreamResponse:
         payload: dict[str, Any] = dict(request.query) if request.method == "GET" else await request.json()
@@ -187,7 +205,7 @@ class VoiceTestServer:
             return self._error(400, f"media_type {payload['media_type']} is not supported by this test server")
         if payload.get("streaming_mode") not in (None, False, "false"):
             return self._error(400, "this test server does not stream")
-        return await self._synthesize(payload, payload["text"])
+        return await self._synthesize(request, payload, payload["text"])
 
     def _gpt_sovits_weights(self, kind: str):
         async def handler(request: web.Request) -> web.StreamResponse:
@@ -210,7 +228,7 @@ class VoiceTestServer:
             return self._error(400, "stream defaults to true; this test server only answers stream=false")
         if payload.get("response_format", "mp3") != "wav":
             return self._error(400, f"response_format {payload.get('response_format', 'mp3')} is not wav")
-        return await self._synthesize(payload, payload["input"])
+        return await self._synthesize(request, payload, payload["input"])
 
     async def _xtts_tts_to_audio(self, request: web.Request) -> web.StreamResponse:
         payload = await request.json()
@@ -220,4 +238,4 @@ class VoiceTestServer:
                 {"detail": [{"loc": ["body", name], "msg": "field required", "type": "value_error.missing"} for name in missing]},
                 status=422,
             )
-        return await self._synthesize(payload, payload["text"])
+        return await self._synthesize(request, payload, payload["text"])

@@ -18,13 +18,14 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from hydra_assets.domain import audio
 from hydra_assets.domain import generation as gen
 from hydra_assets.domain.quality import Thresholds, composite_score, first_failed_gate
-from hydra_assets.domain.storage import StorageLayout, read_json, sha256_file
+from hydra_assets.domain.storage import StorageLayout, read_json
 from hydra_assets.generation import generate_partition
 from hydra_assets.quality import score_batch
-from hydra_assets.voice import VoiceLinesConfig, postprocess_settings, settings_hash
+from hydra_assets.domain.voice_synthesis import ReuseIndex, plan_keys, synthesize_lines
+from hydra_assets.voice import VoiceLinesConfig
+from hydra_assets.voice import mastering as voice_mastering
 from hydra_assets.domain.dialogue import DialogueLine
 from resources.face import FaceBackend
 from resources.llm import DialogueVariator, WriterTextVariator
@@ -34,47 +35,12 @@ from resources.voice import VoiceBackend, VoiceError, VoicePlan
 
 __all__ = [
     "AestheticScorer", "DialogueVariator", "WriterTextVariator", "FaceBackend", "GenerationResult", "ImageBackend", "TechnicalScorer", "Thresholds",
-    "VoiceBackend", "VoiceError", "VoiceLinesConfig", "VoicePlan", "finish_line", "line_key", "score_candidates",
-    "shared_voice_lines", "vary_line", "current_lora", "IDENTITY_FILE",
+    "VoiceBackend", "VoiceError", "VoiceLinesConfig", "VoicePlan", "ReuseIndex", "plan_keys", "synthesize_lines",
+    "voice_mastering", "score_candidates", "vary_line", "current_lora", "IDENTITY_FILE",
 ]
 
 IDENTITY_FILE = "identity.npz"
 """reference_identity's mean face vector, as image_scores reads it."""
-
-
-def post_settings(config: VoiceLinesConfig) -> dict[str, Any]:
-    return postprocess_settings(config)
-
-
-def line_key(plan: VoicePlan, params: Mapping[str, Any], post: Mapping[str, Any]) -> str:
-    """voice_lines' key of a line (backend + queen setup + request + post-processing), so a
-    chapter line equal to a queen's dialogue line shares its audio."""
-    return settings_hash(plan.backend, plan.setup, dict(params), dict(post))
-
-
-def finish_line(raw: audio.Audio, config: VoiceLinesConfig) -> audio.FinishedAudio:
-    """Trim and normalise exactly as voice_lines does (the voice branch replaces this with loudness)."""
-    return audio.finish(
-        raw,
-        trim_threshold_db=config.trim_threshold_db,
-        trim_padding_seconds=config.trim_padding_ms / 1000,
-        target_peak_dbfs=config.peak_dbfs,
-    )
-
-
-def shared_voice_lines(layout: StorageLayout, slug: str) -> dict[str, Path]:
-    """voice_lines' files of one queen by line key, where the file still has its recorded sha256."""
-    try:
-        manifest = read_json(layout.voice_manifest(slug)) or {}
-    except ValueError:
-        return {}
-    found = {}
-    for entry in (manifest.get("lines") or {}).values():
-        path = layout.voice_dir(slug) / str(entry.get("file", ""))
-        key = entry.get("settings_hash")
-        if key and path.is_file() and audio.stored_wav_problem(path) is None and sha256_file(path) == entry.get("sha256"):
-            found[key] = path
-    return found
 
 
 def vary_line(

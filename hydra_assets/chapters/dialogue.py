@@ -1,13 +1,14 @@
 """chapter_dialogue: every line of the chapter spoken in its speaker's voice.
 
 A queen speaks with her voice DNA as queen_profile validated it; the narrator and the player
-with the voices configured on the ``chapter_scripts`` resource. Each line is keyed exactly as
-voice_lines keys a queen's line (backend + voice setup + request, text included, +
-post-processing), so an unchanged line is reused from this chapter's own store, a line a
-queen also says in her dialogue file is taken from voice_lines, and only new or edited text
-is synthesised. Files are written atomically and the manifest after every line, so a failure
-loses nothing already made; any failed line fails the asset, which keeps the last complete
-chapter bundle in place.
+with the voices configured on the ``chapter_scripts`` resource. Lines go through the same
+``synthesize_lines`` as voice_lines (hydra_assets/domain/voice_synthesis.py): keyed by backend +
+voice setup + request (text included) + mastering (trim, loudness target, true-peak ceiling),
+so an unchanged line is reused from this chapter's own store, a line any asset already made
+(a queen's voice_lines, another chapter) is copied through the shared index, and only new or
+edited text is synthesised, then loudness-normalised like every voice line. Files are written
+atomically and the manifest after every line, so a failure loses nothing already made; any
+failed line fails the asset, which keeps the last complete chapter bundle in place.
 """
 
 
@@ -22,21 +23,20 @@ import dagster as dg
 from hydra_assets.chapters import paths
 from hydra_assets.chapters.backends import (
     DialogueVariator,
+    ReuseIndex,
     VoiceBackend,
     VoiceError,
     VoiceLinesConfig,
-    finish_line,
-    line_key,
-    post_settings,
-    shared_voice_lines,
+    plan_keys,
+    synthesize_lines,
     vary_line,
+    voice_mastering,
 )
 from hydra_assets.chapters.script import load_script
-from hydra_assets.domain import audio
 from hydra_assets.domain.chapters import VOICES
 from hydra_assets.domain.dialogue import DialogueLine
 from hydra_assets.domain.roster import Queen
-from hydra_assets.domain.storage import atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from hydra_assets.domain.storage import atomic_write_json, read_json
 from hydra_assets.gpu import gpu_asset_kwargs
 from hydra_assets.metadata import markdown_table
 from hydra_assets.partitions import chapters_partitions
@@ -59,13 +59,6 @@ def _voice_of(speaker: str, layout, chapter_scripts: ChapterScripts):
     if document is None:
         raise dg.Failure(f"{layout.profile_path(speaker)} is missing: materialize queen_profile for {speaker} first")
     return Queen.model_validate(document["queen"]).voice_dna
-
-
-def _stored(folder, entry: dict | None) -> bool:
-    if not entry:
-        return False
-    path = folder / entry["file"]
-    return path.is_file() and audio.stored_wav_problem(path) is None and sha256_file(path) == entry.get("sha256")
 
 
 @dg.asset(
@@ -97,7 +90,8 @@ def chapter_dialogue(
     except ValueError as error:
         raise dg.Failure(f"{manifest_path} is not valid JSON ({error}): delete it to voice every line again") from error
     store: dict[str, dict] = manifest.setdefault("store", {})
-    post = post_settings(config)
+    mastering = voice_mastering(config, voice)
+    index = ReuseIndex(layout.voice_index_dir(), layout.root)
 
     by_speaker: dict[str, list[tuple[dict, DialogueLine, str]]] = defaultdict(list)
     for scene in chapter["scenes"]:
@@ -122,59 +116,38 @@ def chapter_dialogue(
             for line, _, _ in items:
                 failures[line["id"]] = f"{speaker}: {error}"
             continue
-        keys = {p.line.id: line_key(plan, p.params, post) for p in plan.lines}
-        shared = shared_voice_lines(layout, speaker) if speaker not in VOICES else {}
+        keys = plan_keys(plan, mastering)
+        first_of: dict[str, str] = {}  # key → the first line with it: the same words in the same voice, made once
+        for line_plan in plan.lines:
+            first_of.setdefault(keys[line_plan.line.id], line_plan.line.id)
+        makers = set(first_of.values())
+        targets = {i: folder / f"{keys[i][:KEY_FILE_CHARS]}.wav" for i in makers}
+        existing = {i: store[keys[i]] for i in makers if keys[i] in store}
+
+        def stored(outcome) -> None:
+            store[outcome.key] = outcome.record
+            save()
+
+        outcome = synthesize_lines(
+            voice, plan.only(makers), targets, mastering=mastering, index=index, existing=existing,
+            resynthesize=config.resynthesize, max_consecutive_failures=config.max_consecutive_failures,
+            on_line=lambda o: stored(o) if o.record else None, warn=lambda m: context.log.warning(f"{slug} ({speaker}): {m}"),
+        )
+        synth_seconds += outcome.synth_seconds
         meta = {line["id"]: (spoken.text, source) for line, spoken, source in items}
-
-        def record(line_id: str, key: str, state: str, params: dict) -> None:
-            text, source = meta[line_id]
-            lines[line_id] = {**store[key], "key": key, "speaker": speaker, "text": text, "text_source": source,
-                              "backend": plan.backend, "voice": plan.setup, "params": params}
-            status[line_id] = state
-
-        todo, repeats = set(), {}
         for line_plan in plan.lines:
             line_id, key = line_plan.line.id, keys[line_plan.line.id]
-            if key in {keys[i] for i in todo}:
-                repeats[line_id] = key  # the same words in the same voice: made once, used twice
-            elif not config.resynthesize and _stored(folder, store.get(key)):
-                record(line_id, key, "reused", line_plan.params)
-            elif not config.resynthesize and key in shared:
-                name = f"{key[:KEY_FILE_CHARS]}.wav"
-                data = shared[key].read_bytes()
-                atomic_write_bytes(folder / name, data)
-                info = audio.read_wav_file(folder / name)
-                store[key] = {"file": name, "sha256": hashlib.sha256(data).hexdigest(), "duration": round(info.duration, 4),
-                              "sample_rate": info.sample_rate, "shared_from": str(shared[key])}
-                record(line_id, key, "shared", line_plan.params)
+            made = outcome.lines[first_of[key]]
+            if made.record is None:
+                failures[line_id] = f"{speaker}: {made.error}"
+                continue
+            text, source = meta[line_id]
+            lines[line_id] = {**made.record, "key": key, "speaker": speaker, "text": text, "text_source": source,
+                              "backend": plan.backend, "voice": plan.setup, "params": line_plan.params}
+            if line_id != first_of[key] or made.status != "new":
+                status[line_id] = "shared" if made.reused_from and line_id == first_of[key] else "reused"
             else:
-                todo.add(line_id)
-        params_of = {p.line.id: p.params for p in plan.lines}
-        try:
-            for result in voice.synthesize_batch(plan.only(todo)):
-                synth_seconds += result.seconds
-                if result.audio is None:
-                    failures[result.line_id] = result.error or "no audio"
-                    context.log.warning(f"{slug}: line {result.line_id} ({speaker}): {result.error}")
-                    continue
-                finished = finish_line(result.audio, config)
-                key = keys[result.line_id]
-                name = f"{key[:KEY_FILE_CHARS]}.wav"
-                atomic_write_bytes(folder / name, finished.wav)
-                store[key] = {"file": name, "sha256": hashlib.sha256(finished.wav).hexdigest(),
-                              "duration": round(finished.duration, 4), "sample_rate": finished.sample_rate,
-                              "synthesized_at": datetime.now(UTC).isoformat()}
-                record(result.line_id, key, "new", params_of[result.line_id])
-                save()
-        except VoiceError as error:
-            for line_id in todo - set(status):
-                failures.setdefault(line_id, f"{speaker}: {error}")
-        for line_id, key in repeats.items():
-            first = next(i for i in todo if keys[i] == key)
-            if first in status:
-                record(line_id, key, "reused", params_of[line_id])
-            else:
-                failures[line_id] = failures.get(first, "not voiced")
+                status[line_id] = "new"
     save()
 
     order = [line["id"] for scene in chapter["scenes"] for line in scene["lines"]]
@@ -194,6 +167,8 @@ def chapter_dialogue(
             "new": len(new),
             "reused": sum(1 for s in status.values() if s == "reused"),
             "shared_with_voice_lines": sum(1 for s in status.values() if s == "shared"),
+            "loudness_lufs": dg.MetadataValue.json({i: lines[i].get("loudness_lufs") for i in order}),
+            "loudness_target_lufs": mastering.target_lufs,
             "synthesized": dg.MetadataValue.json(new),
             "total_audio_seconds": round(sum(lines[i]["duration"] for i in order), 2),
             "synth_seconds": round(synth_seconds, 3),

@@ -3,8 +3,9 @@
 Every backend's output goes through the same steps so that lines from different servers sound
 alike in the game and can be compared: decode (RIFF/WAVE header checked first, then a full
 decode with soundfile, so an error page or a JSON body is never stored as a ``.wav``), mix to
-mono, trim leading and trailing silence, peak-normalise, and encode as 16-bit PCM mono at the
-backend's own sample rate (recorded in the manifest; nothing is resampled).
+mono, trim leading and trailing silence, normalise to the loudness target with a true-peak
+ceiling (``domain/loudness.py``: ITU-R BS.1770 through pyloudnorm), and encode as 16-bit PCM
+mono at the backend's own sample rate (recorded in the manifest; nothing is resampled).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from hydra_assets.domain import loudness
+
 WAV_SUBTYPE = "PCM_16"
 FRAME_SECONDS = 0.010
 """Silence is judged on 10 ms frames: short enough to keep consonant onsets, long enough to ignore single clicks."""
@@ -27,8 +30,6 @@ DEFAULT_TRIM_THRESHOLD_DB = -40.0
 """A frame is silence when its RMS is this far below the clip's peak."""
 DEFAULT_TRIM_PADDING_SECONDS = 0.05
 """Kept on each side of the speech so that breaths and soft onsets are not cut."""
-DEFAULT_PEAK_DBFS = -1.0
-"""Normalised peak; 1 dB of headroom keeps lossy re-encoding in the game from clipping."""
 DEFAULT_SILENCE_FLOOR_DBFS = -50.0
 """RMS of the trimmed clip before normalisation below which a line counts as silent."""
 
@@ -157,14 +158,6 @@ def trim_silence(
     return Audio(samples[start:end], audio.sample_rate)
 
 
-def peak_normalize(audio: Audio, target_dbfs: float = DEFAULT_PEAK_DBFS) -> Audio:
-    peak = float(np.max(np.abs(audio.samples))) if len(audio.samples) else 0.0
-    if peak == 0.0:
-        return audio
-    gain = 10 ** (target_dbfs / 20.0) / peak
-    return Audio((audio.samples.astype(np.float64) * gain).astype(np.float32), audio.sample_rate)
-
-
 def encode_pcm16(audio: Audio) -> bytes:
     """16-bit PCM mono WAV bytes (soundfile dithers nothing and clips at full scale)."""
     buffer = io.BytesIO()
@@ -184,27 +177,51 @@ class FinishedAudio:
     """RMS of the trimmed clip before normalisation: what the silence check judges."""
     rms_dbfs: float
     peak_dbfs: float
+    loudness_lufs: float | None
+    """Integrated loudness of the stored file (None: silent, see ``loudness_error``)."""
+    true_peak_dbtp: float | None
+    loudness_error: str | None = None
+    """Why the line could not be normalised (silence); it is stored as it came, for the checks."""
 
 
 def finish(
     audio: Audio,
     *,
+    source: str = "line",
     trim_threshold_db: float = DEFAULT_TRIM_THRESHOLD_DB,
     trim_padding_seconds: float = DEFAULT_TRIM_PADDING_SECONDS,
-    target_peak_dbfs: float = DEFAULT_PEAK_DBFS,
+    target_lufs: float = loudness.DEFAULT_TARGET_LUFS,
+    true_peak_ceiling_dbtp: float = loudness.DEFAULT_TRUE_PEAK_DBTP,
 ) -> FinishedAudio:
+    """Trim, normalise loudness (``source`` names the line in errors), encode, and measure the result.
+
+    Loudness and true peak are measured again on the encoded file, so the manifest holds what a
+    meter reads from the WAV on disk, PCM16 rounding included.
+    """
     trimmed = trim_silence(audio, trim_threshold_db, trim_padding_seconds)
-    normalized = peak_normalize(trimmed, target_peak_dbfs)
-    wav = encode_pcm16(normalized)
-    stored = decode_wav(wav, "encoded line")
+    error = None
+    try:
+        samples = loudness.normalize(
+            trimmed.samples, trimmed.sample_rate, source, target_lufs, true_peak_ceiling_dbtp
+        )
+    except loudness.SilentAudioError as silent:
+        samples, error = trimmed.samples, str(silent)
+    wav = encode_pcm16(Audio(samples, trimmed.sample_rate))
+    stored = decode_wav(wav, source)
+    measured = None
+    if error is None:
+        measured = loudness.measure(stored.samples, stored.sample_rate, source)
     return FinishedAudio(
         wav=wav,
-        sample_rate=normalized.sample_rate,
+        sample_rate=stored.sample_rate,
         duration=stored.duration,
         source_duration=audio.duration,
         source_rms_dbfs=rms_dbfs(trimmed.samples),
         rms_dbfs=rms_dbfs(stored.samples),
         peak_dbfs=peak_dbfs(stored.samples),
+        loudness_lufs=measured.integrated_lufs if measured else None,
+        true_peak_dbtp=measured.true_peak_dbtp if measured else None,
+        loudness_error=error,
     )
 
 

@@ -420,8 +420,3 @@ def parse_chapter(path: Path, text: str | None = None, *, known_queens: set[str]
     chapter = Chapter(slug=slug, path=str(path), sha256=hashlib.sha256(text.encode()).hexdigest(), front=front, scenes=scenes)
     return ParsedChapter(chapter, errors)
 
-
-def chapters_folder(settings: object) -> str:
-    """HYDRA_CHAPTERS_DIR from the settings once they carry ``chapters_dir``; until then the
-    ``chapters`` folder beside the roster folder (``./chapters`` for the default ``./roster``)."""
-    return getattr(settings, "chapters_dir", None) or str(Path(getattr(settings, "roster_dir")).resolve().parent / "chapters")

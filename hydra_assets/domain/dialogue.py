@@ -22,7 +22,7 @@ Rules and why:
   text is **rejected, not split**: a line is one game asset with one stable id, and XTTS
   truncates English input beyond 250 characters, so the author splits it into several lines.
 - ``emotion``: one of ``EMOTIONS``. Backends that cannot act an emotion still record it;
-  eSpeak maps it to prosody (resources/voice.py).
+  eSpeak maps it to prosody (resources/voice/espeak.py).
 
 A bad line never stops the good ones: :func:`load_dialogue` returns the valid lines together
 with one :class:`DialogueError` per bad line, each naming the file, the YAML line, the line

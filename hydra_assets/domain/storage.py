@@ -141,6 +141,10 @@ class StorageLayout:
     def voice_manifest(self, slug: str) -> Path:
         return self.voice_dir(slug) / "manifest.json"
 
+    def voice_index_dir(self) -> Path:
+        """Voice audio by content key, shared by every asset that voices lines ("_" is no slug)."""
+        return self.root / "assets" / "voice" / "_index"
+
     def overnight(self, night: str) -> Path:
         return self.root / "overnight" / night
 

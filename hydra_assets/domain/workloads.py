@@ -1,7 +1,8 @@
-"""The SPEC's workload profiles and GPU classes: the one table GPU steps are tagged from.
+"""The SPEC's workload profiles and GPU classes: the one table cluster steps are tagged from.
 
 Pure data and the rules the table must keep; ``hydra_assets/gpu.py`` turns a profile into
-Dagster op tags and a dagster-k8s step pod.
+Dagster op tags and a dagster-k8s step pod. ``WORKLOADS`` is the SPEC's GPU table;
+``CPU_WORKLOADS`` holds steps of a GPU kind that need no card of their own, each with the reason.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class WorkloadProfile:
     priority_class: str
     preemptible: bool
     max_duration_seconds: int | None
+    reason: str = ""
+    """Why the profile is as it is; required when it asks for no GPU."""
+    pool: str | None = None
+    """Concurrency pool; default: the first preferred GPU class's pool."""
 
     @property
     def priority_level(self) -> str:
@@ -61,7 +66,7 @@ class WorkloadProfile:
 
     @property
     def vram_per_gpu_mb(self) -> int:
-        return math.ceil(self.min_vram_mb / self.gpus)
+        return math.ceil(self.min_vram_mb / self.gpus) if self.gpus else 0
 
 
 WORKLOADS = {
@@ -81,6 +86,29 @@ WORKLOADS = {
 }
 
 
+VOICE_IN_POD_PROFILE = "voice-synthesis"
+"""Voice steps whose backend's model runs in the step's own process (and pod)."""
+VOICE_REMOTE_PROFILE = "voice-synthesis-remote"
+"""Voice steps that send every line to a TTS server (GPT-SoVITS, Kokoro, XTTS)."""
+TTS_SERVER_POOL = "voice-tts"
+
+CPU_WORKLOADS = {
+    profile.name: profile
+    for profile in (
+        WorkloadProfile(
+            VOICE_REMOTE_PROFILE, 0, 0, (), False, "500m", "2", "2Gi", "4Gi", "generation-high", True, None,
+            reason=(
+                "the TTS server's own pod holds the GPU and the model; this step only sends text and masters "
+                "the returned WAVs, so a GPU here would reserve a 3060 nothing uses"
+            ),
+            # One step at a time per server: api_v2 and xtts-api-server synthesise one request at a
+            # time, so parallel steps would only queue there and run into their read timeouts.
+            pool=TTS_SERVER_POOL,
+        ),
+    )
+}
+
+
 def profile_problems(profile: WorkloadProfile, gpu_classes: Mapping[str, GpuClass] = GPU_CLASSES) -> list[str]:
     """Every rule of the table this profile breaks, as sentences naming the profile.
 
@@ -92,10 +120,17 @@ def profile_problems(profile: WorkloadProfile, gpu_classes: Mapping[str, GpuClas
 
     where = f"workload profile {profile.name!r}"
     problems: list[str] = []
-    if profile.gpus < 1:
-        problems.append(f"{where}: gpus must be at least 1, got {profile.gpus}")
+    if profile.gpus < 0:
+        problems.append(f"{where}: gpus must be 0 or more, got {profile.gpus}")
         return problems
-    if not profile.gpu_classes:
+    if profile.gpus == 0:
+        if profile.gpu_classes or profile.min_vram_mb:
+            problems.append(f"{where}: asks for no GPU, so it takes no GPU classes and no VRAM")
+        if not profile.reason.strip():
+            problems.append(f"{where}: asks for no GPU and must say why (reason)")
+        if not profile.pool:
+            problems.append(f"{where}: asks for no GPU, so it must name its pool")
+    elif not profile.gpu_classes:
         problems.append(f"{where}: needs at least one preferred GPU class")
     if len(set(profile.gpu_classes)) != len(profile.gpu_classes):
         problems.append(f"{where}: preferred GPU classes repeat: {', '.join(profile.gpu_classes)}")
@@ -127,9 +162,13 @@ def profile_problems(profile: WorkloadProfile, gpu_classes: Mapping[str, GpuClas
 
 
 def validate_workloads(
-    workloads: Mapping[str, WorkloadProfile] = WORKLOADS, gpu_classes: Mapping[str, GpuClass] = GPU_CLASSES
+    workloads: Mapping[str, WorkloadProfile] | None = None, gpu_classes: Mapping[str, GpuClass] = GPU_CLASSES
 ) -> None:
     """Raise one ValueError listing every broken rule, so a bad table fails at load, not on the cluster."""
+    if workloads is None:
+        if overlap := set(WORKLOADS) & set(CPU_WORKLOADS):
+            raise ValueError(f"workload profiles defined twice: {', '.join(sorted(overlap))}")
+        workloads = {**WORKLOADS, **CPU_WORKLOADS}
     problems = [problem for profile in workloads.values() for problem in profile_problems(profile, gpu_classes)]
     problems += [f"workload table key {key!r} names profile {p.name!r}" for key, p in workloads.items() if key != p.name]
     if problems:
