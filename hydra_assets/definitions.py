@@ -25,6 +25,7 @@ from resources.alerts import WebhookNotifier
 from resources.catalog import CatalogResource
 from resources.chapters import ChapterScripts
 from resources.embeddings import EmbeddingStore
+from resources.events import EventPublisher
 from resources.face import DlibFaceBackend, InsightFaceBackend
 from resources.image import ComfyUIBackend, DemoRenderer
 from resources.llm import llm_resources
@@ -65,6 +66,8 @@ def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
     return {
         "storage": HydraStorage(root=settings.storage_root, roster_dir=settings.roster_dir),
         "catalog": CatalogResource(url=settings.catalog_url),
+        # catalog only unless HYDRA_REDIS_URL is set
+        "events": EventPublisher(catalog_url=settings.catalog_url, redis_url=settings.redis_url, environment=settings.env),
         "face": DlibFaceBackend(),
         "webhook": WebhookNotifier(url=settings.webhook_url),
         "metrics": MetricsPusher(pushgateway_url=settings.pushgateway_url),
@@ -93,6 +96,9 @@ def cluster_resources() -> dict[str, Any]:
     return {
         "storage": HydraStorage(root=dg.EnvVar("HYDRA_STORAGE_ROOT"), roster_dir=dg.EnvVar("HYDRA_ROSTER_DIR")),
         "catalog": CatalogResource(url=dg.EnvVar("HYDRA_CATALOG_URL")),
+        "events": EventPublisher(
+            catalog_url=dg.EnvVar("HYDRA_CATALOG_URL"), redis_url=dg.EnvVar("HYDRA_REDIS_URL"), environment="cluster"
+        ),
         "face": InsightFaceBackend(model_root=dg.EnvVar("HYDRA_INSIGHTFACE_ROOT")),
         "webhook": WebhookNotifier(url=dg.EnvVar("HYDRA_WEBHOOK_URL")),
         "metrics": MetricsPusher(pushgateway_url=dg.EnvVar("HYDRA_PUSHGATEWAY_URL")),

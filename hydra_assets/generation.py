@@ -11,7 +11,7 @@ import logging
 import time
 import warnings
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,11 @@ from pydantic import Field
 from hydra_assets.domain import generation as gen
 from hydra_assets.domain import generation_tasks as tasks
 from hydra_assets.domain import workflows as wf
+from hydra_assets.domain.events import EventType
 from hydra_assets.domain.images import contact_sheet
 from hydra_assets.domain.metrics import PipelineMetrics
 from hydra_assets.domain.roster import RosterError
+from hydra_assets.domain.stage_events import image_created, night_stats, pipeline
 from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, atomic_write_json, read_json
 from hydra_assets.generation_tasks import GenerationTaskRun, mark_running, task_images
 from hydra_assets.gpu import gpu_asset_kwargs
@@ -34,6 +36,7 @@ from hydra_assets.partitions import queen_nights_partitions
 from hydra_assets.review.links import partition_review_url
 from hydra_assets.settings import SETTINGS
 from resources.catalog import CatalogResource
+from resources.events import EventPublisher
 from resources.image import ImageBackend
 from resources.llm import PromptExpander
 from resources.metrics import MetricsPusher
@@ -113,11 +116,14 @@ def generate_partition(
     backend: ImageBackend,
     log: Any = None,
     task_id: int | None = None,
+    on_image: Callable[[dict[str, Any]], object] | None = None,
 ) -> PartitionRun:
     """Reuse what is valid on disk, make the rest, and keep the manifest current after each image.
 
     The plan is the nightly one (``task_id`` None) or one generation task's: images of the
-    partition outside that scope are carried over untouched."""
+    partition outside that scope are carried over untouched. ``on_image`` is called with the
+    manifest entry of each image made now (not of reused ones).
+    """
     log = log or logging.getLogger(__name__)
     manifest_path = Path(folder) / gen.MANIFEST_NAME
     try:
@@ -153,6 +159,7 @@ def generate_partition(
             remaining.pop(result.request.image_id, None)
             request = gen.output_request(result.request, result.output_index)
             run.model_seconds += result.model_seconds
+            entry = None
             if result.error is not None or result.image is None:
                 error = result.error or f"{backend.backend_name()} returned no image"
                 log.warning(f"{request.image_id}: {error}")
@@ -165,11 +172,12 @@ def generate_partition(
                     log.warning(f"{request.image_id}: {exc}")
                     run.manifest.record_failure(gen.failure_entry(request, str(exc)))
                 else:
-                    run.manifest.record_image(
-                        gen.manifest_entry(request, png, result.image.width, result.image.height, gen.utc_now(), result.details)
-                    )
+                    entry = gen.manifest_entry(request, png, result.image.width, result.image.height, gen.utc_now(), result.details)
+                    run.manifest.record_image(entry)
                     run.new.append(request.image_id)
             atomic_write_json(manifest_path, run.manifest.to_document())
+            if entry is not None and on_image is not None:
+                on_image(entry)
     except Exception as exc:  # the backend as a whole broke (no model, server gone): record, then judge below
         run.backend_error = f"{type(exc).__name__}: {exc}"
         log.error(f"{backend.backend_name()} stopped: {run.backend_error}")
@@ -221,6 +229,7 @@ def generated_images(
     metrics: MetricsPusher,
     prompt_expander: PromptExpander,
     catalog: CatalogResource,
+    events: EventPublisher,
 ):
     keys = queen_nights_partitions.get_partition_key_from_str(context.partition_key).keys_by_dimension
     slug, night = keys["queen"], keys["night"]
@@ -292,7 +301,15 @@ def generated_images(
     folder = layout.generated_dir(night, slug)
     context.log.info(f"{slug} × {night}: {len(plan)} images planned {counts} with {image_backend.backend_name()}")
     started = time.perf_counter()
-    run = generate_partition(plan, folder, header, image_backend, log=context.log, task_id=task.task_id if task else None)
+    stream, queen_id = events.for_step(context), events.queen_id(slug)
+    stream.emit(EventType.OVERNIGHT_STARTED, pipeline(stream.correlation_id, "generated_images", "started"))
+
+    def created(entry: dict[str, Any]) -> None:
+        path = (folder / entry["file"]).resolve().relative_to(layout.root.resolve()).as_posix()
+        stream.emit(EventType.IMAGE_CREATED, image_created(entry, path=path, queen_id=queen_id))
+
+    run = generate_partition(plan, folder, header, image_backend, log=context.log, on_image=created,
+                             task_id=task.task_id if task else None)
     dashboard = PipelineMetrics()
     dashboard.generation_duration.labels("generation", slug).observe(time.perf_counter() - started)
     pushed = metrics.push(dashboard, {"queen": slug, "night": night, "task": "generation"})
@@ -305,6 +322,8 @@ def generated_images(
         [{"image": f["image_id"], "error": f["error"][:300]} for f in failed], ["image", "error"]
     )
     if plan and not entries:
+        stats = night_stats(planned=len(plan), generated=0, failed=len(failed), approved=0)
+        stream.emit(EventType.OVERNIGHT_COMPLETED, pipeline(stream.correlation_id, "generated_images", "failed", stats))
         raise dg.Failure(
             description=f"no image of {slug} × {night} could be made; first error: {failed[0]['error'] if failed else '?'}",
             metadata={"failed": len(failed), "failures": failures, "manifest": dg.MetadataValue.path(str(folder / gen.MANIFEST_NAME))},
@@ -341,6 +360,7 @@ def generated_images(
             "review": dg.MetadataValue.url(partition_review_url(SETTINGS.review_url, night, slug)),
             "metrics": dg.MetadataValue.json(dashboard.samples()),
             "metrics_pushed": pushed,
+            **stream.metadata(),
         },
         data_version=dg.DataVersion(gen.images_data_version(entries)[:16]),
         check_results=[

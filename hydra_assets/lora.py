@@ -12,7 +12,9 @@ from safetensors import SafetensorError
 
 from hydra_assets.domain import lora as domain
 from hydra_assets.domain.damaged_files import DamagedFileError, identity_document, read_reference_manifest
+from hydra_assets.domain.events import EventType
 from hydra_assets.domain.roster import Queen
+from hydra_assets.domain.stage_events import lora_training
 from hydra_assets.domain.storage import (
     StorageLayout,
     atomic_create_bytes,
@@ -29,6 +31,7 @@ from hydra_assets.metadata import png_preview, table
 from hydra_assets.partitions import queens_partitions
 from hydra_assets.run_tags import LORA_LOCK_TAG, PARTITION_TAG
 from resources.catalog import CatalogResource, QueenRow
+from resources.events import EventPublisher, EventStream
 from resources.lora_files import read_lora_header, serialize_lora
 from resources.lora_training import LoraTrainer, TrainingImage, TrainingProgress
 from resources.storage import HydraStorage
@@ -63,6 +66,7 @@ def queen_lora(
     storage: HydraStorage,
     lora_trainer: LoraTrainer,
     catalog: CatalogResource,
+    events: EventPublisher,
 ):
     slug = context.partition_key
     layout = storage.layout
@@ -114,6 +118,7 @@ def queen_lora(
     )
     strength = queen.generation_config.lora_strength
     previous_version = _readable_info(layout.lora_info_path(slug), context.log).get("version")
+    stream = events.for_step(context)
 
     if plan.reuse:
         version_path = versions_dir / on_disk[plan.version]
@@ -146,6 +151,7 @@ def queen_lora(
             catalog=catalog,
             layout=layout,
             strength=strength,
+            stream=stream,
         )
     metadata = {
         "version": info["version"],
@@ -172,6 +178,7 @@ def queen_lora(
         "lora": dg.MetadataValue.path(info["path"]),
         "version_file": dg.MetadataValue.path(info["version_path"]),
         "versions_on_disk": dg.MetadataValue.json(sorted({*on_disk, info["version"]})),
+        **stream.metadata(),
     }
     if curve is not None:
         metadata["steps_per_second"] = round(curve["steps_per_second"], 3)
@@ -264,8 +271,12 @@ def _train_new_version(
     catalog: CatalogResource,
     layout: StorageLayout,
     strength: float,
+    stream: EventStream,
 ) -> tuple[dict, dict]:
-    """Train, publish and record version ``version``; the catalog row says failed if training fails."""
+    """Train, publish and record version ``version``; the catalog row says failed if training fails.
+
+    Emits training.lora.started, .progress at each progress report, and .completed or .failed.
+    """
     started = datetime.now(UTC)
     training_config = {
         **settings.to_dict(),
@@ -288,6 +299,8 @@ def _train_new_version(
     }
     catalog.record_lora_version(slug, **row, training_config=training_config)
     status_before = _advance_status(catalog, slug, "lora_training")
+    queen_id, last = catalog.queen_id(slug), {"step": 0, "loss": None}
+    stream.emit(EventType.LORA_STARTED, lora_training(stream.correlation_id, queen_id, 0, settings.steps))
     context.log.info(
         f"{slug}: training LoRA v{version} on {len(examples)} references, {settings.steps} steps at "
         f"{settings.resolution}px, rank {settings.rank}, base {base_model}"
@@ -298,10 +311,15 @@ def _train_new_version(
             f"{slug}: step {progress.step}/{progress.total_steps} loss {progress.loss:.4f} "
             f"(smoothed {progress.smoothed_loss:.4f}) {progress.steps_per_second:.2f} steps/s"
         )
+        last.update(step=progress.step, loss=progress.loss)
+        payload = lora_training(stream.correlation_id, queen_id, progress.step, progress.total_steps, loss=progress.loss)
+        stream.emit(EventType.LORA_PROGRESS, payload)
 
     try:
         result = trainer.train([images[e.source] for e in examples], settings, progress=report)
     except Exception as error:
+        payload = lora_training(stream.correlation_id, queen_id, last["step"], settings.steps, loss=last["loss"])
+        stream.emit(EventType.LORA_FAILED, payload)
         catalog.record_lora_version(
             slug,
             **{**row, "status": "failed", "completed_at": datetime.now(UTC)},
@@ -343,6 +361,10 @@ def _train_new_version(
         test_scores={"initial_loss": result.initial_loss, "final_loss": result.final_loss},
     )
     _advance_status(catalog, slug, "lora_ready")
+    payload = lora_training(
+        stream.correlation_id, queen_id, settings.steps, settings.steps, loss=result.final_loss, output_path=str(version_path)
+    )
+    stream.emit(EventType.LORA_COMPLETED, payload)
     context.log.info(
         f"{slug}: LoRA v{version} ready, loss {result.initial_loss:.4f} -> {result.final_loss:.4f}, "
         f"{result.steps_per_second:.2f} steps/s on {result.device}"

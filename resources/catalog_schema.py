@@ -7,6 +7,7 @@ database to them (README "Catalog": adding a table or a column). The resource in
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -226,6 +227,22 @@ _QUALITY_METRICS_KEY = (
     QualityMetricRow.task_type,
 )
 sa.Index("uq_quality_metrics_period", *_QUALITY_METRICS_KEY, unique=True)
+
+
+class EventRow(Base):
+    """One HydraEvent (resources/events.py writes them); ``created_at`` is the event's timestamp."""
+
+    __tablename__ = "events"
+    __table_args__ = (sa.Index(None, "correlation_id", "created_at"), sa.Index(None, "event_type", "created_at"))
+
+    id: Mapped[uuid.UUID] = mapped_column(sa.Uuid, primary_key=True)
+    event_type: Mapped[str] = mapped_column(sa.String(64))
+    source: Mapped[str] = mapped_column(sa.String(200))
+    payload: Mapped[dict[str, Any]]
+    correlation_id: Mapped[str] = mapped_column(sa.String(64), comment="the Dagster run")
+    causation_id: Mapped[str | None] = mapped_column(sa.String(64))
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata")
+    created_at: Mapped[datetime]
 
 
 def migration_config(

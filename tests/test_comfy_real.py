@@ -3,9 +3,7 @@ weight-free workflow templates; the SPEC and InstantID examples can only fail pr
 
 from __future__ import annotations
 
-import io
 import json
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -25,6 +23,7 @@ from hydra_assets.domain.storage import StorageLayout, atomic_write_json
 from hydra_assets.generation import generate_partition, generated_images
 from hydra_assets.partitions import QUEENS, queen_night_key
 from resources.catalog import CatalogResource
+from resources.events import EventPublisher
 from resources.image import ComfyUIBackend, ComfyUIPreflightError, upload_name
 from resources.llm import TemplatePromptExpander
 from resources.metrics import MetricsPusher
@@ -214,6 +213,7 @@ def test_queen_with_a_face_workflow_renders_her_best_identity_portrait(real_comf
                 "metrics": MetricsPusher(),
                 "prompt_expander": TemplatePromptExpander(),
                 "catalog": CatalogResource(url=f"sqlite:///{tmp_path / 'catalog.db'}"),
+                "events": EventPublisher(catalog_url=f"sqlite:///{tmp_path / 'catalog.db'}"),
             },
             run_config={"ops": {"generated_images": {"config": {"width": 64, "height": 64, "asset_types": ["portrait"], "per_night_budget": 2}}}},
         )

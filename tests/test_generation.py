@@ -22,6 +22,7 @@ from hydra_assets.generation import CHECK_NAME, generate_partition, generated_im
 from hydra_assets.gpu import GPU_CLASS_LABEL, GPU_RESOURCE, K8S_CONFIG_TAG, WORKLOAD_TAG
 from hydra_assets.partitions import QUEENS, queen_night_key
 from resources.catalog import CatalogResource
+from resources.events import EventPublisher
 from resources.face import DlibFaceBackend
 from resources.image import (
     DEMO_RENDERER,
@@ -245,6 +246,22 @@ def instance():
         yield instance
 
 
+def _catalog_url(root: Path) -> str:
+    return f"sqlite:///{root / 'catalog.db'}"
+
+
+def _events(root: Path, run_id: str) -> list[tuple[str, str | None]]:
+    """(type, imageId or the pipeline's status) of the run's events, in order."""
+    publisher = EventPublisher(catalog_url=_catalog_url(root))
+    try:
+        return [
+            (e.type.value, getattr(e.payload, "image_id", None) or getattr(e.payload, "status", None))
+            for e in publisher.read(correlation_id=run_id)
+        ]
+    finally:
+        publisher.dispose()
+
+
 def _materialize(root: Path, instance, backend: ImageBackend, raise_on_error: bool = True, expander: PromptExpander | None = None, **config):
     resources = {
         "storage": HydraStorage(root=str(root / "storage"), roster_dir=str(root / "roster")),
@@ -252,6 +269,7 @@ def _materialize(root: Path, instance, backend: ImageBackend, raise_on_error: bo
         "metrics": MetricsPusher(),
         "prompt_expander": expander or TemplatePromptExpander(),
         "catalog": CatalogResource(url=f"sqlite:///{root / 'catalog.db'}"),
+        "events": EventPublisher(catalog_url=_catalog_url(root)),
     }
     return dg.materialize(
         [generated_images],
@@ -318,6 +336,16 @@ def test_demo_renderer_end_to_end_for_a_demo_queen_night(demo_root, instance):
         assert params["seed"] == entry["seed"] == gen.image_seed(SLUG, NIGHT, entry["asset_type"], entry["index"])
     version = result.asset_materializations_for_node("generated_images")[0].tags["dagster/data_version"]
     assert version == gen.images_data_version(manifest["images"])[:16]
+    assert _events(demo_root, result.run_id) == [
+        ("pipeline.overnight.started", "started"), *[("generation.image.created", e["image_id"]) for e in manifest["images"]],
+    ]
+    publisher = EventPublisher(catalog_url=_catalog_url(demo_root))
+    created = publisher.read(correlation_id=result.run_id, types=["generation.image.created"])
+    publisher.dispose()
+    assert [e.payload.path for e in created] == [
+        f"overnight/{NIGHT}/generated/{SLUG}/{entry['file']}" for entry in manifest["images"]
+    ]
+    assert (meta["events_written"], meta["events_catalog_failures"]) == (DEMO_TOTAL + 1, 0)
 
 
 def test_rematerializing_after_two_deletions_makes_exactly_two(demo_root, instance):
@@ -327,7 +355,11 @@ def test_rematerializing_after_two_deletions_makes_exactly_two(demo_root, instan
     for entry in deleted:
         (_folder(demo_root) / entry["file"]).unlink()
 
-    meta = _metadata(_materialize(demo_root, instance, DemoRenderer()))
+    again = _materialize(demo_root, instance, DemoRenderer())
+    meta = _metadata(again)
+    assert [i for t, i in _events(demo_root, again.run_id) if t == "generation.image.created"] == [
+        e["image_id"] for e in deleted
+    ], "only the images made again are created again"
     print(f"resume after deleting 2 of {DEMO_TOTAL}: new={meta['new']} reused={meta['reused']}")
     assert (meta["new"], meta["reused"], meta["images"]) == (2, DEMO_TOTAL - 2, DEMO_TOTAL)
     assert meta["per_type"]["portrait"] == {"planned": 4, "present": 4, "new": 2, "reused": 2, "failed": 0}
@@ -418,6 +450,8 @@ def test_failed_images_are_recorded_and_only_a_total_failure_fails_the_asset(dem
     failure = result.failure_data_for_node("generated_images").error.message
     assert "no image of nova-sterling" in failure and "/models/sdxl" in failure
     assert len(_manifest(demo_root)["failed"]) == DEMO_TOTAL
+    assert _events(demo_root, result.run_id) == [("pipeline.overnight.started", "started"),
+                                                 ("pipeline.overnight.completed", "failed")]
 
 
 def test_missing_references_fail_with_the_path(demo_root, instance):

@@ -24,6 +24,7 @@ from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, atomi
 from hydra_assets.lora import queen_lora
 from hydra_assets.partitions import QUEENS
 from resources.catalog import CatalogResource
+from resources.events import EventPublisher
 from resources.lora_base import TINY_BASE_MODEL, BaseModelMissingError, build_tiny_sdxl_components
 from resources.lora_files import read_lora_header, serialize_lora
 from resources.lora_training import LORA_TARGET_MODULES, LoraTrainer, TrainingImage
@@ -333,12 +334,22 @@ def lora_env(tmp_path):
         "storage": HydraStorage(root=str(layout.root), roster_dir=str(tmp_path / "roster")),
         "catalog": CatalogResource(url=url),
         "lora_trainer": tiny_trainer(),
+        "events": EventPublisher(catalog_url=url),
     }
     (tmp_path / "home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "home")) as instance:
         instance.add_dynamic_partitions(QUEENS, [SLUG])
         yield layout, url, resources, instance, tmp_path / "roster"
     resources["catalog"].dispose()
+    resources["events"].dispose()
+
+
+def training_events(resources) -> list[tuple[str, int, int, bool]]:
+    """(type, step, totalSteps, has outputPath) of every event so far, and all from one run per training."""
+    return [
+        (e.type.value, e.payload.step, e.payload.total_steps, e.payload.output_path is not None)
+        for e in resources["events"].read()
+    ]
 
 
 def materialize(resources, instance, **config):
@@ -369,10 +380,19 @@ def test_queen_lora_reuses_an_unchanged_version_and_keeps_v1_when_references_cha
     header = read_lora_header(v1)
     assert header["hydra.reference_set_hash"] == first["reference_set_hash"] and header["ss_network_dim"] == str(RANK)
     v1_mtime = v1.stat().st_mtime_ns
+    assert training_events(resources) == [
+        ("training.lora.started", 0, 6, False), ("training.lora.progress", 6, 6, False),
+        ("training.lora.completed", 6, 6, True),
+    ]
+    trained = resources["events"].read()
+    assert len({e.correlation_id for e in trained}) == 1 and trained[-1].payload.loss == pytest.approx(first["final_loss"])
+    assert trained[-1].payload.output_path == str(v1) and trained[0].payload.queen_id is not None
+    assert (first["events_written"], first["events_catalog_failures"]) == (3, 0)
 
     again, _ = materialize(resources, instance)
     assert again["reused"] is True and again["version"] == 1 and "loss_curve" not in again
     assert again["current_changed"] is False  # lora_ready_sensor must not regenerate tonight
+    assert len(training_events(resources)) == 3 and again["events_emitted"] == 0, "nothing trained, nothing emitted"
     assert v1.stat().st_mtime_ns == v1_mtime
     assert sorted(p.name for p in v1.parent.glob("*.safetensors")) == [v1.name]
 
@@ -412,6 +432,7 @@ def test_a_failed_training_is_recorded_and_publishes_nothing(lora_env):
     assert not layout.lora_path(SLUG).exists() and not layout.lora_versions_dir(SLUG).exists()
     rows, status = lora_rows(url)
     assert rows == [(1, "failed", 2, 0, None)]
+    assert [t for t, *_ in training_events(resources)] == ["training.lora.started", "training.lora.failed"]
     assert status == "draft", "a failed first training leaves the queen where she was"
 
 

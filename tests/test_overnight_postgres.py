@@ -71,8 +71,17 @@ def test_overnight_job_on_postgres_instance_writes_the_catalog(tmp_path, postgre
         counts = connection.execute(sa.text(
             "select portrait_count + expression_count + pose_count from queens where slug = :slug"),
             {"slug": SLUG}).scalar_one()
+        events = dict(connection.execute(sa.text(
+            "select event_type, count(*) from events where correlation_id = :run group by event_type"),
+            {"run": overnight_run.run_id}).all())
     engine.dispose()
     assert sorted(a.file_hash for a in assets) == sorted(e["sha256"] for e in manifest["images"])
     assert all(a.approved or a.rejection_reason for a in assets)
     assert [(v, s) for v, s, _ in lora] == [(1, "ready")]
     assert counts == sum(1 for a in assets if a.approved) > 0
+    assert events == {
+        "pipeline.overnight.started": 1, "generation.image.created": len(assets),
+        "generation.image.approved": counts,
+        **({"generation.image.rejected": len(assets) - counts} if len(assets) > counts else {}),
+        "pipeline.overnight.completed": 1,
+    }

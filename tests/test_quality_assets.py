@@ -33,6 +33,7 @@ from hydra_assets.quality import approved_images, image_scores, quality_report
 from hydra_assets.quality.scoring import prior_approved
 from resources.catalog import CatalogResource
 from resources.embeddings import EmbeddingStore
+from resources.events import EventPublisher
 from resources.face import DlibFaceBackend
 from resources.metrics import MetricsPusher
 from resources.scoring import ClassicalTechnical, ImageStatsAestheticProxy
@@ -143,6 +144,7 @@ def quality_resources(root: Path) -> dict:
     return {
         "storage": HydraStorage(root=str(root / "storage"), roster_dir=str(root / "roster")),
         "catalog": CatalogResource(url=f"sqlite:///{root / 'catalog.db'}"),
+        "events": EventPublisher(catalog_url=f"sqlite:///{root / 'catalog.db'}"),
         "face": FACE,
         "aesthetic": ImageStatsAestheticProxy(),
         "technical": ClassicalTechnical(),
@@ -188,6 +190,7 @@ def night(scored_night, tmp_path):
         yield {"layout": StorageLayout(root / "storage"), "resources": resources, "instance": instance,
                "images": derived_images(root / "storage" / "reference_images"), "catalog_url": resources["catalog"].url}
     resources["catalog"].dispose()
+    resources["events"].dispose()
 
 
 def materialize(night, assets, partition_key, **kwargs) -> dg.ExecuteInProcessResult:
@@ -348,6 +351,34 @@ def test_a_night_is_scored_gated_published_and_reported(scored_night, night):
                     "approval_rate, rejection_breakdown from quality_metrics order by queen_id is null")
     assert [(m[0], m[1], m[2], m[3]) for m in metrics] == [(0, "daily", 9, 2), (1, "daily", 9, 2)]
     assert json.loads(metrics[0][5])["technical<70"] == 2
+
+
+def test_publishing_and_the_report_emit_the_decisions_and_the_runs_end(night):
+    """Per image one approved|rejected event with the parquet's scores; the run ends with its stats."""
+    result = materialize(night, [approved_images], queen_night_key(SLUG, NIGHT))
+    scores = pd.read_parquet(night["layout"].scores_path(NIGHT, SLUG)).set_index("image_id")
+    events = night["resources"]["events"].read(correlation_id=result.run_id)
+    *decisions, completed = events
+    assert [e.payload.image_id for e in decisions] == list(scores.index)
+    for event in decisions:
+        row = scores.loc[event.payload.image_id]
+        assert event.type.value == ("generation.image.approved" if row["approved"] else "generation.image.rejected")
+        assert event.payload.approved == bool(row["approved"]) and event.payload.path == row["file_path"]
+        assert event.payload.rejection_reason == (None if row["approved"] else row["rejection_reason"])
+        assert event.payload.scores.aesthetic == (None if pd.isna(row["aesthetic_score"]) else row["aesthetic_score"])
+        assert event.source == "approved_images" and event.payload.queen_id is not None
+    assert completed.type.value == "pipeline.overnight.completed" and completed.payload.pipeline_id == result.run_id
+    assert completed.payload.stats.model_dump() == {
+        "total_tasks": 10, "completed_tasks": 9, "failed_tasks": 1, "total_generated": 9, "total_approved": 2,
+    }
+    assert metadata(result, "approved_images")["events_written"] == 10
+
+    report = materialize(night, [quality_report], NIGHT)
+    (generated,) = night["resources"]["events"].read(correlation_id=report.run_id)
+    assert generated.type.value == "pipeline.report.generated" and generated.payload.stage == "quality_report"
+    assert generated.payload.stats.model_dump() == {
+        "total_tasks": 2, "completed_tasks": 1, "failed_tasks": 0, "total_generated": 9, "total_approved": 2,
+    }
 
 
 def test_rerun_with_manual_overrides_reuses_scores_and_moves_files(night):

@@ -9,13 +9,15 @@ from PIL import Image
 
 from hydra_assets.domain import images as image_files
 from hydra_assets.domain import quality
+from hydra_assets.domain.events import EventType
 from hydra_assets.domain.generation import type_folder
 from hydra_assets.domain.metrics import PipelineMetrics, record_partition
 from hydra_assets.domain.publishing import count_files, publish_file, withdraw_file
 from hydra_assets.domain.review_files import write_review_files
 from hydra_assets.domain.roster import RosterError
-from hydra_assets.domain.score_table import decision_hash
-from hydra_assets.domain.storage import StorageLayout, sha256_file
+from hydra_assets.domain.score_table import MANIFEST_NAME, decision_hash
+from hydra_assets.domain.stage_events import image_decided, night_stats, pipeline
+from hydra_assets.domain.storage import StorageLayout, read_json, sha256_file
 from hydra_assets.generation_tasks import mark_decided
 from hydra_assets.metadata import CONTACT_SHEET_LIMIT, png_preview, table
 from hydra_assets.partition_mappings import queen_and_night
@@ -24,6 +26,7 @@ from hydra_assets.quality.inputs import read_scores
 from hydra_assets.review.links import partition_review_url
 from hydra_assets.settings import SETTINGS
 from resources.catalog import COUNTED_ASSET_TYPES, CatalogResource
+from resources.events import EventPublisher, EventStream
 from resources.metrics import MetricsPusher
 from resources.storage import HydraStorage
 
@@ -71,6 +74,25 @@ def _publish_rows(scores: pd.DataFrame, layout: StorageLayout, slug: str, night:
             "rejected_files": rejected_files}
 
 
+def _failed_in_generation(layout: StorageLayout, night: str, slug: str, log) -> int:
+    """Images the night planned that were never made, for the run's stats; 0 when the manifest cannot be read."""
+    path = layout.generated_dir(night, slug) / MANIFEST_NAME
+    try:
+        return len((read_json(path) or {}).get("failed") or [])
+    except (OSError, ValueError, AttributeError) as exc:
+        log.warning(f"{path}: unreadable ({exc}); the run's stats count no failed image")
+        return 0
+
+
+def _emit_decisions(stream: EventStream, scores: pd.DataFrame, queen_id: int | None, failed: int) -> None:
+    """generation.image.approved|rejected per image, then pipeline.overnight.completed with the run's stats."""
+    rows = scores.to_dict("records")
+    stream.emit_many(image_decided(row, queen_id=queen_id) for row in rows)
+    approved = sum(bool(row["approved"]) for row in rows)
+    stats = night_stats(planned=len(rows) + failed, generated=len(rows), failed=failed, approved=approved)
+    stream.emit(EventType.OVERNIGHT_COMPLETED, pipeline(stream.correlation_id, "approved_images", "completed", stats))
+
+
 def _queen_thresholds(storage: HydraStorage, slug: str, log) -> quality.Thresholds | None:
     """For reasons.json; a roster file broken since scoring leaves them out rather than failing the publish."""
     try:
@@ -97,7 +119,11 @@ def _queen_thresholds(storage: HydraStorage, slug: str, log) -> quality.Threshol
     "sheets per decision and type in overnight/{night}/contact_sheets/, and rejected/{queen}/reasons.json.",
 )
 def approved_images(
-    context: dg.AssetExecutionContext, storage: HydraStorage, catalog: CatalogResource, metrics: MetricsPusher
+    context: dg.AssetExecutionContext,
+    storage: HydraStorage,
+    catalog: CatalogResource,
+    metrics: MetricsPusher,
+    events: EventPublisher,
 ):
     slug, night = queen_and_night(context.partition_key)
     layout = storage.layout
@@ -126,6 +152,8 @@ def approved_images(
     queue.set_queue_depth(context.instance.get_runs_count(dg.RunsFilter(statuses=[dg.DagsterRunStatus.QUEUED])))
     # One series per queen and night for the batch's numbers; the queue is one series for the studio.
     pushed = metrics.push(dashboard, {"queen": slug, "night": night}) & metrics.push(queue, {})
+    stream = events.for_step(context)
+    _emit_decisions(stream, scores, catalog.queen_id(slug), _failed_in_generation(layout, night, slug, context.log))
     sheets, per_type = published["sheets"], published["per_type"]
     return dg.MaterializeResult(
         metadata={
@@ -147,6 +175,7 @@ def approved_images(
             "review": dg.MetadataValue.url(partition_review_url(SETTINGS.review_url, night, slug)),
             "metrics": dg.MetadataValue.json({**dashboard.samples(), **queue.samples()}),
             "metrics_pushed": pushed,
+            **stream.metadata(),
         },
         data_version=dg.DataVersion(decision_hash(scores)),
         check_results=[

@@ -13,9 +13,11 @@ from dagster import AutomationCondition
 from hydra_assets.domain import quality
 from hydra_assets.domain import quality_report as figures
 from hydra_assets.domain.charts import histogram_png
+from hydra_assets.domain.events import EventType, PipelineStats
 from hydra_assets.domain.night_report import REPORT_COLUMNS, build_night_report, not_run_reason
 from hydra_assets.domain.review_files import review_links
 from hydra_assets.domain.roster import load_roster, roster_files, slug_for_file
+from hydra_assets.domain.stage_events import pipeline
 from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, read_json, sha256_bytes
 from hydra_assets.domain.threshold_suggestions import reversal_counts, suggest_thresholds
 from hydra_assets.metadata import png_preview, table
@@ -26,6 +28,7 @@ from hydra_assets.run_tags import PARTITION_TAG
 from hydra_assets.review.links import night_review_url
 from hydra_assets.settings import SETTINGS
 from resources.catalog import CatalogResource
+from resources.events import EventPublisher
 from resources.storage import HydraStorage
 
 LEARNING_NIGHTS = 30
@@ -124,7 +127,9 @@ def _learning_rows(layout: StorageLayout, night: str, log) -> list[dict[str, Any
     description="The night's quality figures for every queen of the roster (not run: why), overall, rejected "
     "image ids per reason, an overrides snippet and learned-threshold suggestions (report.md, quality_metrics).",
 )
-def quality_report(context: dg.AssetExecutionContext, storage: HydraStorage, catalog: CatalogResource):
+def quality_report(
+    context: dg.AssetExecutionContext, storage: HydraStorage, catalog: CatalogResource, events: EventPublisher
+):
     night = context.partition_key
     layout = storage.layout
     frame = _night_frame(layout, night)
@@ -137,8 +142,10 @@ def quality_report(context: dg.AssetExecutionContext, storage: HydraStorage, cat
     ran = set(frame["queen"].astype(str)) if len(frame) else set()
     not_run: dict[str, str] = {}
     links: dict[str, list[tuple[str, str]]] = {}
+    failed_runs = 0
     for slug in sorted(set(slugs) | ran):
         failed = _failed_run(context.instance, slug, night)
+        failed_runs += failed is not None
         if slug in ran:
             types = frame.loc[frame["queen"] == slug, "asset_type"].astype(str).tolist()
             links[slug] = review_links(layout, night, slug, types)
@@ -168,6 +175,13 @@ def quality_report(context: dg.AssetExecutionContext, storage: HydraStorage, cat
     window = context.partition_time_window
     written = catalog.upsert_quality_metrics(figures.metrics_rows(summary, window.start, window.end)) if len(frame) else 0
     overall = summary[figures.OVERALL]
+    stream = events.for_step(context)
+    # The night's tasks are its queens: the ones that ran, and the ones whose run failed.
+    stats = PipelineStats(
+        total_tasks=len(set(slugs) | ran), completed_tasks=len(ran), failed_tasks=failed_runs,
+        total_generated=overall["generated"], total_approved=overall["approved"],
+    )
+    stream.emit(EventType.REPORT_GENERATED, pipeline(stream.correlation_id, "quality_report", "completed", stats))
     metadata: dict[str, Any] = {
         "queens": len(summary) - 1,
         "roster_queens": len(slugs),
@@ -186,6 +200,7 @@ def quality_report(context: dg.AssetExecutionContext, storage: HydraStorage, cat
         "report": dg.MetadataValue.path(str(report_path)),
         "review": dg.MetadataValue.url(night_review_url(SETTINGS.review_url, night)),
         "catalog_rows": written,
+        **stream.metadata(),
     }
     if len(frame):
         metadata["histogram"] = png_preview(histogram_png(frame), f"scores {night}")

@@ -1,7 +1,7 @@
 """The generation queue: generation_tasks (SPEC "Control plane contracts").
 
 Revision ID: 0003
-Revises: 0001 (the events revision 0002 lands in parallel; the merge chains 0003 after it)
+Revises: 0002
 Create Date: 2026-12-01
 
 """
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision: str = '0003'
-down_revision: Union[str, Sequence[str], None] = '0001'
+down_revision: Union[str, Sequence[str], None] = '0002'
 branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
