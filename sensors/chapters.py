@@ -14,7 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from hydra_assets.domain.chapters import ChapterFileError, chapter_slug, parse_chapter, script_files
+from hydra_assets.domain.chapters import ChapterFileError, chapter_slug, parse_chapter, scan_scripts
 from hydra_assets.domain.fingerprints import content_digest, fingerprint_files
 from hydra_assets.domain.roster import is_valid_slug
 from hydra_assets.partitions import CHAPTERS, QUEENS, chapters_partitions
@@ -59,7 +59,12 @@ def build_chapters_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDe
         profiled = context.instance.get_materialized_partitions(QUEEN_PROFILE)
         queens = set(context.instance.get_dynamic_partitions(QUEENS))
 
-        for path in script_files(Path(chapter_scripts.chapters_dir)):
+        scripts, refused = scan_scripts(Path(chapter_scripts.chapters_dir))
+        for path, reason in sorted(refused.items()):
+            bad_names.append(path.name)  # a link or special file: never read, reported once
+            if path.name not in reported_names:
+                invalid.append({"file": str(path), "error": f"{path} {reason}"})
+        for path in scripts:
             slug = chapter_slug(path)
             if not is_valid_slug(slug):
                 bad_names.append(path.name)

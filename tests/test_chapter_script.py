@@ -167,3 +167,13 @@ def test_script_files_lists_markdown_only(tmp_path):
         (tmp_path / name).write_text(FRONT)
     assert [p.name for p in script_files(tmp_path)] == ["a.md", "b.md"]
     assert script_files(tmp_path / "missing") == []
+
+
+def test_deeply_nested_front_matter_is_the_scripts_own_error(tmp_path):
+    from hydra_assets.domain.chapters import ChapterFileError, parse_chapter
+
+    path = tmp_path / "deep.md"
+    path.write_text("---\ntitle: " + "[" * 900 + "]" * 900 + "\nnumber: 1\ncast: []\n---\n")
+    with pytest.raises(ChapterFileError) as caught:
+        parse_chapter(path)
+    assert str(path) in str(caught.value)

@@ -114,3 +114,18 @@ def test_run_waits_for_the_cast_profiles(tmp_path):
         ready = tick(sensor, instance, scripts, waiting.cursor)
         assert [r.partition_key for r in ready.run_requests] == ["chapter-01"]
         assert tick(sensor, instance, scripts, ready.cursor).run_requests == []
+
+
+def test_a_linked_script_is_refused_and_reported_once_never_read(tmp_path):
+    from hydra_assets.domain.chapters import scan_scripts
+
+    outside = tmp_path / "elsewhere.md"
+    outside.write_text("---\ntitle: Not ours\nnumber: 9\ncast: []\n---\n")
+    folder = tmp_path / "chapters"
+    folder.mkdir()
+    (folder / "linked.md").symlink_to(outside)
+    (folder / "dangling.md").symlink_to(tmp_path / "missing.md")
+    scripts, refused = scan_scripts(folder)
+    assert scripts == []
+    assert set(refused) == {folder / "linked.md", folder / "dangling.md"}
+    assert "outside" in refused[folder / "linked.md"] and "does not exist" in refused[folder / "dangling.md"]

@@ -136,3 +136,11 @@ def test_face_reference_is_the_best_identity_portrait_or_the_named_one(tmp_path)
     assert wf.face_reference(entries, identity, tmp_path, preferred="c.jpg") == str(tmp_path / "b.png")  # never off-identity
     assert wf.face_reference(entries, {}, tmp_path) is None  # no identity yet: no face slot can be filled
     assert wf.style_set(["z.png", "b.png", "a.png", "c.png", "d.png"], 3) == ["a.png", "b.png", "c.png"]
+
+
+def test_a_deeply_nested_workflow_file_is_refused_naming_the_file(tmp_path):
+    from hydra_assets.domain.workflows import WorkflowError, load_template
+
+    (tmp_path / "deep.json").write_text("[" * 5000 + "]" * 5000)
+    with pytest.raises(WorkflowError, match=r"deep\.json: unreadable workflow \(.*nest"):
+        load_template(tmp_path, "deep")

@@ -42,6 +42,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hydra_assets.domain.dialogue import EMOTIONS, MAX_LEVEL, MAX_TEXT_CHARS, MIN_LEVEL
 from hydra_assets.domain.roster import SLUG_MAX_LENGTH, SLUG_PATTERN, is_valid_slug
+from hydra_assets.domain.input_folders import walk_folder
+from hydra_assets.domain.safe_documents import DocumentError, parse_yaml
 
 SCRIPT_SUFFIX = ".md"
 NARRATOR, PLAYER = "narrator", "player"
@@ -155,11 +157,18 @@ def chapter_slug(path: Path) -> str:
     return name[: -len(SCRIPT_SUFFIX)] if name.endswith(SCRIPT_SUFFIX) else name
 
 
-def script_files(chapters_dir: Path) -> list[Path]:
+def scan_scripts(chapters_dir: Path) -> tuple[list[Path], dict[Path, str]]:
+    """The scripts (plain ``*.md`` files at the top of the folder) and the ``*.md`` entries refused
+    with why: symbolic links and special files are never read (hydra_assets/domain/input_folders.py)."""
     folder = Path(chapters_dir)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(SCRIPT_SUFFIX) and not p.name.startswith("."))
+    walk = walk_folder(folder)
+    top = lambda rel: "/" not in rel and rel.endswith(SCRIPT_SUFFIX)  # noqa: E731
+    scripts = sorted(path for rel, (path, _) in walk.files.items() if top(rel))
+    return scripts, {folder / rel: reason for rel, reason in walk.refused.items() if top(rel)}
+
+
+def script_files(chapters_dir: Path) -> list[Path]:
+    return scan_scripts(chapters_dir)[0]
 
 
 def _split_front_matter(path: Path, text: str) -> tuple[str, str, int]:
@@ -185,7 +194,9 @@ def _load_front_matter(path: Path, front: str, first_line: int) -> FrontMatter:
                 raise ChapterFileError(path, line, "front matter may not use YAML anchors or aliases")
             if count > MAX_FRONT_MATTER_EVENTS:
                 raise ChapterFileError(path, first_line, f"front matter has more than {MAX_FRONT_MATTER_EVENTS} YAML nodes")
-        document = yaml.safe_load(front)
+        document = parse_yaml(front, path)
+    except DocumentError as exc:  # a value YAML cannot construct, nesting too deep: the bounded reader's rules
+        raise ChapterFileError(path, first_line, f"front matter {exc.rule}") from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = first_line + mark.line if mark else first_line

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra_assets.domain.roster import SLUG_PATTERN, is_valid_slug
+from hydra_assets.domain.safe_documents import MAX_DOCUMENT_BYTES, DocumentError, load_json
 
 Graph = dict[str, dict[str, Any]]
 
@@ -155,13 +156,13 @@ def parse_template(name: str, path: Path, document: Any) -> Template:
 def load_template(workflows_dir: Path, name: str) -> Template:
     check_name(name)
     path = Path(workflows_dir) / f"{name}.json"
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    if not path.is_file():
         have = sorted(p.stem for p in Path(workflows_dir).glob("*.json")) if Path(workflows_dir).is_dir() else []
-        raise WorkflowError(f"workflow {name!r}: {path} not found (workflows there: {have or 'none'})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WorkflowError(f"{path}: unreadable workflow ({exc})") from exc
+        raise WorkflowError(f"workflow {name!r}: {path} not found (workflows there: {have or 'none'})")
+    try:
+        document = load_json(path, max_bytes=MAX_DOCUMENT_BYTES)
+    except (OSError, DocumentError) as exc:  # size, depth, encoding, JSON: the bounded reader's rules
+        raise WorkflowError(f"{path}: unreadable workflow ({exc.rule if isinstance(exc, DocumentError) else exc})") from exc
     return parse_template(name, path, document)
 
 
