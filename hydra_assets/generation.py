@@ -26,9 +26,9 @@ from hydra_assets.domain import workflows as wf
 from hydra_assets.domain.events import EventType
 from hydra_assets.domain.images import contact_sheet
 from hydra_assets.domain.metrics import PipelineMetrics
-from hydra_assets.domain.roster import RosterError
 from hydra_assets.domain.stage_events import image_created, night_stats, pipeline
 from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, atomic_write_json, read_json
+from hydra_assets.failures import BACKEND_DOWN_RETRY, final_failure, load_queen
 from hydra_assets.generation_tasks import GenerationTaskRun, mark_running, task_images
 from hydra_assets.gpu import gpu_asset_kwargs
 from hydra_assets.metadata import markdown_table, png_preview
@@ -37,10 +37,15 @@ from hydra_assets.review.links import partition_review_url
 from hydra_assets.settings import SETTINGS
 from resources.catalog import CatalogResource
 from resources.events import EventPublisher
-from resources.image import ImageBackend
+from resources.http import HttpDeadlineExceeded, HttpUnavailable
+from resources.image import ComfyUITimeout, ComfyUIUnavailable, ImageBackend
 from resources.llm import PromptExpander
 from resources.metrics import MetricsPusher
 from resources.storage import HydraStorage
+
+BACKEND_DOWN_ERRORS = (ComfyUIUnavailable, ComfyUITimeout, HttpUnavailable, HttpDeadlineExceeded, ConnectionError, TimeoutError)
+"""Errors of a server that is down or stalled for a while: the step is retried (BACKEND_DOWN_RETRY);
+anything else (a missing model file, a refused graph) fails at once."""
 
 CONTACT_SHEET_LIMIT = 24
 CHECK_NAME = "all_planned_images_generated"
@@ -79,6 +84,8 @@ class PartitionRun:
     new: list[str] = field(default_factory=list)
     model_seconds: float = 0.0
     backend_error: str | None = None
+    backend_down: bool = False
+    """The backend failed as a whole in a way that can pass (server unreachable or timing out)."""
 
 
 def current_lora(layout: StorageLayout, slug: str, strength: float) -> gen.LoraSpec | None:
@@ -180,6 +187,7 @@ def generate_partition(
                 on_image(entry)
     except Exception as exc:  # the backend as a whole broke (no model, server gone): record, then judge below
         run.backend_error = f"{type(exc).__name__}: {exc}"
+        run.backend_down = isinstance(exc, BACKEND_DOWN_ERRORS)
         log.error(f"{backend.backend_name()} stopped: {run.backend_error}")
         for request in remaining.values():
             run.manifest.record_failure(gen.failure_entry(request, run.backend_error))
@@ -207,6 +215,7 @@ def _sheet(folder: Path, entries: list[dict[str, Any]]) -> bytes:
         dg.AssetDep("queen_lora", partition_mapping=QUEEN_DIMENSION),
     ],
     kinds={"png"},
+    retry_policy=BACKEND_DOWN_RETRY,
     check_specs=[
         dg.AssetCheckSpec(
             CHECK_NAME,
@@ -234,26 +243,23 @@ def generated_images(
     keys = queen_nights_partitions.get_partition_key_from_str(context.partition_key).keys_by_dimension
     slug, night = keys["queen"], keys["night"]
     layout = storage.layout
-    try:
-        queen = storage.load_queen(slug)
-    except RosterError as error:
-        raise dg.Failure(description=str(error), metadata={"file": str(error.path), "field": error.field}) from error
+    queen = load_queen(storage, slug)
 
     references_path = layout.reference_manifest(slug)
     references = read_json(references_path)
     if references is None:
-        raise dg.Failure(f"{references_path} is missing: materialize reference_images for {slug} first")
+        raise final_failure(f"{references_path} is missing: materialize reference_images for {slug} first")
     try:
         lora = current_lora(layout, slug, queen.generation_config.lora_strength)
     except ValueError as error:
-        raise dg.Failure(str(error)) from error
+        raise final_failure(str(error)) from error
     # The demo renderer derives from photos; skip the ones reference_identity found no face in.
     identity = read_json(layout.identity_dir(slug) / "identity.json") or {}
 
     try:
         asset_types = gen.check_asset_types(config.asset_types)
     except ValueError as error:
-        raise dg.Failure(f"generated_images config: {error}") from error
+        raise final_failure(f"generated_images config: {error}") from error
     counts = gen.nightly_counts(queen.generation_config.targets, asset_types, config.per_night_budget)
     if task := config.task:
         counts = {task.asset_type: task.count}
@@ -265,7 +271,7 @@ def generated_images(
     try:
         templates = workflow_inputs(queen, counts, image_backend, references.get("entries", []), identity, layout.normalized_references(slug), by_type)
     except wf.WorkflowError as error:
-        raise dg.Failure(f"{slug}: {error}") from error
+        raise final_failure(f"{slug}: {error}") from error
     plan = gen.plan_night(
         queen=queen,
         night=night,
@@ -324,9 +330,12 @@ def generated_images(
     if plan and not entries:
         stats = night_stats(planned=len(plan), generated=0, failed=len(failed), approved=0)
         stream.emit(EventType.OVERNIGHT_COMPLETED, pipeline(stream.correlation_id, "generated_images", "failed", stats))
+        # A backend that is down as a whole (server unreachable) may be back on the next attempt
+        # (BACKEND_DOWN_RETRY); images that each failed on their own will fail the same way again.
         raise dg.Failure(
             description=f"no image of {slug} × {night} could be made; first error: {failed[0]['error'] if failed else '?'}",
             metadata={"failed": len(failed), "failures": failures, "manifest": dg.MetadataValue.path(str(folder / gen.MANIFEST_NAME))},
+            allow_retries=run.backend_down,
         )
     type_of = {request.image_id: request.asset_type for request in plan}
     tallies = {

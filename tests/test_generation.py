@@ -578,3 +578,36 @@ def test_prompts_are_expanded_by_the_llm_and_a_rerun_asks_nothing(demo_root, ins
         [fallback] = [e["params"] for e in _manifest(demo_root)["images"] if e["params"]["prompt_source"] == "template"]
         assert fallback["prompt_source"] == "template" and fallback["prompt"] == fallback["template_prompt"]
         assert "template prompt kept" in fallback["prompt_warning"]
+
+
+class _DownOnce(DemoRenderer):
+    """A server that is unreachable on the first attempt of the step and back for the next."""
+
+    marker: str
+
+    def generate(self, requests, log=None):
+        marker = Path(self.marker)
+        if not marker.exists():
+            marker.write_text("down once")
+            raise ConnectionError("ComfyUI at http://127.0.0.1:9 refused the connection")
+        yield from super().generate(requests, log)
+
+
+@pytest.mark.slow
+def test_a_backend_down_for_a_while_is_retried_by_the_step_retry_policy(demo_root, instance, tmp_path):
+    from hydra_assets.failures import BACKEND_DOWN_RETRY
+
+    assert generated_images.op.retry_policy == BACKEND_DOWN_RETRY
+    assert (BACKEND_DOWN_RETRY.max_retries, BACKEND_DOWN_RETRY.delay) == (3, 10)
+    result = _materialize(demo_root, instance, _DownOnce(marker=str(tmp_path / "down")))
+    assert result.success
+    assert _metadata(result)["new"] == DEMO_TOTAL
+    retried = [e for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert len(retried) == 1
+
+
+def test_a_backend_that_cannot_work_fails_at_once_without_retries(demo_root, instance):
+    result = _materialize(demo_root, instance, _FailsAll(), raise_on_error=False)
+    assert not result.success
+    retried = [e for e in instance.all_logs(result.run_id) if e.dagster_event and e.dagster_event.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert retried == []
