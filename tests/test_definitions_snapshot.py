@@ -77,6 +77,14 @@ EXPECTED = {
             "kinds": ["parquet", "pytorch"],
             "partitions": "night=daily(end_offset=1)|queen=dynamic:queens"
         },
+        "night_scores": {
+            "automation": "one scoring step per night once its queens are generated",
+            "deps": ["generated_images by night"],
+            "freshness": None,
+            "group": "quality",
+            "kinds": ["parquet", "pytorch"],
+            "partitions": "daily(end_offset=1)"
+        },
         "quality_report": {
             "automation": "one report per night once its queens are done",
             "deps": ["approved_images by night"],
@@ -147,6 +155,9 @@ EXPECTED = {
         "generated_images:all_planned_images_generated": {
             "blocking": False
         },
+        "night_scores:every_queen_scored": {
+            "blocking": False
+        },
         "image_scores:every_image_scored_once": {
             "blocking": True
         },
@@ -177,8 +188,20 @@ EXPECTED = {
             "assets": ["chapter_bundle", "chapter_dialogue", "chapter_script", "scene_images"],
             "partitions": "dynamic:chapters"
         },
+        "night_scores_job": {
+            "assets": ["night_scores"],
+            "partitions": "daily(end_offset=1)"
+        },
+        "overnight_generation_job": {
+            "assets": ["generated_images"],
+            "partitions": "night=daily(end_offset=1)|queen=dynamic:queens"
+        },
         "overnight_job": {
             "assets": ["approved_images", "generated_images", "image_scores"],
+            "partitions": "night=daily(end_offset=1)|queen=dynamic:queens"
+        },
+        "overnight_publish_job": {
+            "assets": ["approved_images", "image_scores"],
             "partitions": "night=daily(end_offset=1)|queen=dynamic:queens"
         },
         "quality_report_job": {
@@ -201,7 +224,7 @@ EXPECTED = {
     "schedules": {
         "overnight_schedule": {
             "cron": "0 22 * * *",
-            "job": "overnight_job",
+            "job": "overnight_generation_job",
             "status": "RUNNING"
         }
     },
@@ -217,7 +240,11 @@ EXPECTED = {
         "quality_report_automation_sensor": {
             "kind": "AutomationConditionSensorDefinition",
             "status": "RUNNING",
-            "target": ["quality_report"]
+            "target": ["night_scores", "quality_report"]
+        },
+        "night_publish_sensor": {
+            "kind": "SensorDefinition",
+            "status": "RUNNING"
         },
         "low_approval_sensor": {
             "kind": "SensorDefinition",
