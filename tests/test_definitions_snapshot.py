@@ -71,7 +71,7 @@ EXPECTED = {
         },
         "image_scores": {
             "automation": None,
-            "deps": ["generated_images", "reference_identity by queen"],
+            "deps": ["generated_images", "night_scores by night", "reference_identity by queen"],
             "freshness": None,
             "group": "quality",
             "kinds": ["parquet", "pytorch"],

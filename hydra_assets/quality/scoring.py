@@ -27,7 +27,7 @@ from hydra_assets.domain.quality_report import group_summary
 from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, sha256_file
 from hydra_assets.failures import load_queen
 from hydra_assets.metadata import table as ui_table
-from hydra_assets.partition_mappings import BY_QUEEN, queen_and_night
+from hydra_assets.partition_mappings import BY_NIGHT, BY_QUEEN, queen_and_night
 from hydra_assets.partitions import queen_nights_partitions
 from hydra_assets.quality.inputs import read_generated_manifest, read_scores
 from hydra_assets.review.links import partition_review_url
@@ -227,6 +227,7 @@ def _with_decisions(frame: pd.DataFrame, decisions: quality.Decisions, previous_
     group_name="quality",
     deps=[
         dg.AssetDep("generated_images"),
+        dg.AssetDep("night_scores", partition_mapping=BY_NIGHT),  # its raw scores, when it ran
         dg.AssetDep("reference_identity", partition_mapping=BY_QUEEN),
     ],
     kinds={"pytorch", "parquet"},
