@@ -169,6 +169,9 @@ def build_night_publish_sensor(default_status: dg.DefaultSensorStatus) -> dg.Sen
             if materialization is None or materialization.partition is None or status is None:
                 continue
             for queen, line in sorted(status.value.items()):
+                if not context.instance.has_dynamic_partition(QUEENS, queen):
+                    context.log.warning(f"night_scores {materialization.partition} lists {queen}, who is no queens partition")
+                    continue
                 if line.get("status") == STATUS_FAILED or line.get("changed"):
                     requests.append(publish_request(queen, materialization.partition, record.storage_id))
         cursor = json.dumps({"events": records.cursor})

@@ -15,6 +15,7 @@ from dagster import AutomationCondition
 
 from hydra_assets.domain import raw_scores as raw
 from hydra_assets.domain import score_table as table
+from hydra_assets.domain.roster import is_valid_slug
 from hydra_assets.domain.storage import atomic_write_bytes, atomic_write_json
 from hydra_assets.gpu import gpu_asset_kwargs
 from hydra_assets.partition_mappings import BY_NIGHT
@@ -49,14 +50,16 @@ class NightScoresConfig(dg.Config):
     """Score every image again even where the raw-score file already holds it with the same keys."""
 
 
-def _prepare_queen(layout, night: str, slug: str, backends: dict[str, str], log) -> tuple[list[dict], Any]:
-    """Her rows with the backends' and identity's keys, and her identity vector; raises dg.Failure naming the file."""
+def _prepare_queen(layout, night: str, slug: str, backends: dict[str, str], log) -> list[dict[str, Any]]:
+    """Her rows with the backends' and identity's keys and her identity vector; raises dg.Failure naming the file."""
+    if not is_valid_slug(slug):
+        raise dg.Failure(f"{layout.generated_dir(night, slug)}: {slug!r} is not a queen slug (lowercase letters, digits, hyphens)")
     manifest = read_generated_manifest(layout, night, slug)
     identity, identity_hash = load_identity(layout, slug)
     rows = table.manifest_rows(manifest, layout, night, slug, log.warning)
     for row in rows:
         row.update(backends, identity_hash=identity_hash, _identity=identity)
-    return rows, identity
+    return rows
 
 
 @dg.asset(
@@ -98,7 +101,7 @@ def night_scores(
     before: dict[str, str | None] = {}
     for slug in raw.night_queens(layout, night, table.MANIFEST_NAME):
         try:
-            rows, _ = _prepare_queen(layout, night, slug, backends, context.log)
+            rows = _prepare_queen(layout, night, slug, backends, context.log)
             previous = read_scores(raw.raw_scores_path(layout, night, slug))
             to_score, reused = _reuse_or_queue(rows, raw.rows_by_id(previous), config.rescore, context.log)
         except (dg.Failure, OSError, ValueError) as error:  # hers alone: the night goes on
