@@ -107,3 +107,18 @@ def test_dagster_definitions_validate_cluster(tmp_path):
         HYDRA_WEBHOOK_URL="https://chat.example/hooks/dummy",
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_nights_gpu_pods_and_model_loads_do_not_grow_with_its_queens():
+    """bench/overnight_scale.py's count from the cluster Definitions: one GPU pod and one load of each
+    scoring model per night, whatever N; before, two GPU pods and one load per queen."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("overnight_scale", REPO / "bench" / "overnight_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    small, large = bench.cluster_plan(5), bench.cluster_plan(100)
+    for plan in (small, large):
+        assert (plan["night"]["gpu_pods"], plan["night"]["step_pods"], plan["night"]["scoring_model_loads"]) == (1, 1, 1)
+    assert (large["today"]["gpu_pods"], large["today"]["step_pods"], large["today"]["scoring_model_loads"]) == (200, 300, 100)
+    assert large["night"]["run_pods"] == 2 * 100 + 1
