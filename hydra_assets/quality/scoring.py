@@ -22,8 +22,8 @@ from PIL import Image
 from hydra_assets.domain import images as image_files
 from hydra_assets.domain import quality
 from hydra_assets.domain import score_table as table
-from hydra_assets.domain.raw_scores import raw_scores_path, rows_by_id
 from hydra_assets.domain.quality_report import group_summary
+from hydra_assets.domain.raw_scores import raw_scores_path, rows_by_id
 from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, sha256_file
 from hydra_assets.failures import load_queen
 from hydra_assets.metadata import table as ui_table
