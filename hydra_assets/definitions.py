@@ -20,7 +20,7 @@ from hydra_assets.queen_profile import queen_profile
 from hydra_assets.references import reference_identity, reference_images
 from hydra_assets.settings import SETTINGS, Settings
 from hydra_assets.voice import build_voice_lines, voice_lines
-from jobs import ALL_JOBS
+from jobs import jobs_for
 from resources.alerts import WebhookNotifier
 from resources.catalog import CatalogResource
 from resources.chapters import ChapterScripts
@@ -36,6 +36,7 @@ from resources.storage import HydraStorage
 from resources.voice import EspeakBackend, GptSovitsBackend, VoiceBackend
 from sensors import (
     build_lora_ready_sensor,
+    build_night_publish_sensor,
     build_chapters_sensor,
     build_generation_task_sensor,
     build_low_approval_sensor,
@@ -140,7 +141,8 @@ def assets_for(resources: Mapping[str, Any]) -> list[Any]:
 
 EXECUTOR_BY_ENV = {"local": None, "cluster": k8s_job_executor}
 """Embedded: Dagster's default multiprocess executor. Cluster: one pod per step, so each GPU
-asset's step gets the pod its workload profile describes (dagster-k8s/config op tags)."""
+asset's step gets the pod its workload profile describes (dagster-k8s/config op tags); the
+queen × night jobs override it with the in-process executor (jobs.jobs_for)."""
 
 
 def build_definitions(resources: Mapping[str, Any], *, env: str = "local") -> dg.Definitions:
@@ -150,12 +152,13 @@ def build_definitions(resources: Mapping[str, Any], *, env: str = "local") -> dg
     schedule_status = dg.DefaultScheduleStatus.RUNNING if running else dg.DefaultScheduleStatus.STOPPED
     return dg.Definitions(
         assets=assets_for(resources),
-        jobs=ALL_JOBS,
+        jobs=jobs_for(env),
         schedules=[build_overnight_schedule(schedule_status)],
         sensors=[
             build_roster_sensor(sensor_status),
             build_lora_ready_sensor(sensor_status),
             build_report_automation_sensor(sensor_status),
+            build_night_publish_sensor(sensor_status),
             build_low_approval_sensor(sensor_status),
             build_run_failure_sensor(sensor_status),
             build_chapters_sensor(sensor_status),

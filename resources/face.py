@@ -35,6 +35,7 @@ import numpy as np
 from pydantic import Field
 
 from hydra_assets.domain.identity import FaceCandidate, choose_face, unit
+from resources.scoring import log_model_load
 
 CALIBRATED_MATCH = 0.7
 """Calibrated similarity at which every backend's own same-person rule sits."""
@@ -121,9 +122,14 @@ class FaceBackend(dg.ConfigurableResource, abc.ABC):
         (references: there is no identity to compare with yet)."""
         return [self._chosen(faces, None) for faces in self.embed_all_faces(images)]
 
-    def embed_queen_faces(self, images: Sequence[np.ndarray], identity: np.ndarray) -> list[FaceEmbedding | None]:
-        """Per image, the confident face most likely to be the queen's (see ``choose_face``)."""
-        return [self._chosen(faces, identity) for faces in self.embed_all_faces(images)]
+    def embed_queen_faces(
+        self, images: Sequence[np.ndarray], identity: np.ndarray | Sequence[np.ndarray]
+    ) -> list[FaceEmbedding | None]:
+        """Per image, the confident face most likely to be the queen's (see ``choose_face``).
+
+        ``identity``: her vector, or one vector per image when a batch crosses queens."""
+        per_image = [identity] * len(images) if isinstance(identity, np.ndarray) and identity.ndim == 1 else list(identity)
+        return [self._chosen(faces, ident) for faces, ident in zip(self.embed_all_faces(images), per_image, strict=True)]
 
     def _chosen(self, faces: Sequence[FaceEmbedding], identity: np.ndarray | None) -> FaceEmbedding | None:
         candidates = [
@@ -171,6 +177,7 @@ def packaged_dlib_weight(file_name: str) -> Path | None:
 @functools.lru_cache(maxsize=4)
 def load_dlib_models(shape_predictor_path: str, recognition_model_path: str):
     """Detector, landmark predictor and ResNet embedder, loaded once per process and paths."""
+    log_model_load("dlib face detector + ResNet", recognition_model_path)
     return (
         dlib.get_frontal_face_detector(),
         dlib.shape_predictor(shape_predictor_path),
@@ -282,6 +289,7 @@ def load_face_analysis(
     """A prepared FaceAnalysis (detection and recognition only), built once per configuration."""
     from insightface.app import FaceAnalysis
 
+    log_model_load(f"InsightFace {model_pack}", model_root)
     app = FaceAnalysis(
         name=model_pack, root=model_root, providers=list(providers), allowed_modules=["detection", "recognition"]
     )

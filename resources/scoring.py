@@ -46,6 +46,15 @@ TINY_NEAR_DUPLICATE_COSINE = 0.95
 """Between the 0.998 of shifted or regraded copies and the 0.74 of a 90 % crop (domain module)."""
 
 
+MODEL_LOADED = "model loaded:"
+"""Each model loader logs one line starting with this when it loads (a cache miss): the step's
+event log then shows how often a night loads each model (bench/overnight_scale.py counts them)."""
+
+
+def log_model_load(what: str, source: str) -> None:
+    dg.get_dagster_logger().info(f"{MODEL_LOADED} {what} from {source}")
+
+
 def resolve_device(device: str) -> str:
     """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; anything else as given."""
     if device != "auto":
@@ -155,6 +164,7 @@ def load_laion(clip_model: str, clip_checkpoint: str, mlp_path: str, device: str
     import open_clip
     import torch
 
+    log_model_load(f"open_clip {clip_model} + LAION MLP", f"{clip_checkpoint}, {mlp_path}")
     if clip_model.endswith(".json"):
         # A model config in open_clip's format, registered under its file stem.
         config_file = clip_model
@@ -282,6 +292,7 @@ def load_musiq(model_path: str, device: str):
         ) from exc
     import torch
 
+    log_model_load("MUSIQ", model_path)
     return pyiqa.create_metric("musiq", pretrained_model_path=model_path, device=torch.device(device))
 
 

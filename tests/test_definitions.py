@@ -38,19 +38,30 @@ def test_every_stage_is_in_the_one_definitions(tmp_path):
         "generated_images", "image_scores", "approved_images"}
     lora_tags = defs.resolve_job_def("queen_lora_job").partitioned_config.get_tags_for_partition_key("ada")
     assert lora_tags["hydra/lora-queen"] == "ada"
-    assert defs.resolve_schedule_def("overnight_schedule").job_name == "overnight_job"
-    for name in ("lora_ready_sensor", "quality_report_automation_sensor", "low_approval_sensor", "run_failure_sensor",
-                 "generation_task_sensor"):
+    assert defs.resolve_schedule_def("overnight_schedule").job_name == "overnight_generation_job"
+    assert defs.resolve_sensor_def("lora_ready_sensor").job_name == "overnight_generation_job"
+    assert defs.resolve_sensor_def("night_publish_sensor").job_name == "overnight_publish_job"
+    for name, nodes in {"overnight_generation_job": {"generated_images"}, "night_scores_job": {"night_scores"},
+                        "overnight_publish_job": {"image_scores", "approved_images"}}.items():
+        job = defs.resolve_job_def(name)
+        assert {node.name for node in job.graph.node_dict.values()} == nodes, name
+    for name in ("lora_ready_sensor", "quality_report_automation_sensor", "night_publish_sensor", "low_approval_sensor",
+                 "run_failure_sensor", "generation_task_sensor"):
         assert defs.resolve_sensor_def(name).default_status == dg.DefaultSensorStatus.RUNNING
 
 
-def test_cluster_runs_every_step_in_its_own_pod(tmp_path):
+def test_cluster_runs_gpu_steps_in_their_own_pod_and_queen_nights_in_their_run_pod(tmp_path):
     from dagster_k8s import k8s_job_executor
 
     from hydra_assets.definitions import build_definitions, cluster_resources
 
     defs = build_definitions(cluster_resources(), env="cluster")
-    assert defs.resolve_job_def("overnight_job").executor_def is k8s_job_executor
+    for name in ("night_scores_job", "queen_lora_job", "queen_voice_job", "chapter_job"):
+        assert defs.resolve_job_def(name).executor_def is k8s_job_executor, name
+    # what the automation sensor launches (night_scores, the report) runs with the Definitions' executor
+    assert defs.resolve_implicit_global_asset_job_def().executor_def is k8s_job_executor
+    for name in ("overnight_job", "overnight_generation_job", "overnight_publish_job"):
+        assert defs.resolve_job_def(name).executor_def is dg.in_process_executor, name
     assert defs.resolve_sensor_def("roster_sensor").default_status == dg.DefaultSensorStatus.STOPPED
     assert defs.resolve_sensor_def("quality_report_automation_sensor").default_status == dg.DefaultSensorStatus.STOPPED
     assert defs.resolve_sensor_def("generation_task_sensor").default_status == dg.DefaultSensorStatus.STOPPED
@@ -106,3 +117,18 @@ def test_the_loudness_target_setting_reaches_the_voice_backend():
     handheld = local_resources(load_settings({"HYDRA_LOUDNESS_TARGET_LUFS": "-18", "HYDRA_NIGHTS_START": "2026-01-01"}))
     assert handheld["voice"].loudness_target_lufs == -18.0
     assert local_resources(load_settings({"HYDRA_NIGHTS_START": "2026-01-01"}))["voice"].loudness_target_lufs == -23.0
+
+
+def test_a_nights_gpu_pods_and_model_loads_do_not_grow_with_its_queens():
+    """bench/overnight_scale.py's count from the cluster Definitions: one GPU pod and one load of each
+    scoring model per night, whatever N; before, two GPU pods and one load per queen."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("overnight_scale", REPO / "bench" / "overnight_scale.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    small, large = bench.cluster_plan(5), bench.cluster_plan(100)
+    for plan in (small, large):
+        assert (plan["night"]["gpu_pods"], plan["night"]["step_pods"], plan["night"]["scoring_model_loads"]) == (1, 1, 1)
+    assert (large["today"]["gpu_pods"], large["today"]["step_pods"], large["today"]["scoring_model_loads"]) == (200, 300, 100)
+    assert large["night"]["run_pods"] == 2 * 100 + 1

@@ -71,11 +71,19 @@ EXPECTED = {
         },
         "image_scores": {
             "automation": None,
-            "deps": ["generated_images", "reference_identity by queen"],
+            "deps": ["generated_images", "night_scores by night", "reference_identity by queen"],
             "freshness": None,
             "group": "quality",
             "kinds": ["parquet", "pytorch"],
             "partitions": "night=daily(end_offset=1)|queen=dynamic:queens"
+        },
+        "night_scores": {
+            "automation": "one scoring step per night once its queens are generated",
+            "deps": ["generated_images by night"],
+            "freshness": None,
+            "group": "quality",
+            "kinds": ["parquet", "pytorch"],
+            "partitions": "daily(end_offset=1)"
         },
         "quality_report": {
             "automation": "one report per night once its queens are done",
@@ -147,6 +155,9 @@ EXPECTED = {
         "generated_images:all_planned_images_generated": {
             "blocking": False
         },
+        "night_scores:every_queen_scored": {
+            "blocking": False
+        },
         "image_scores:every_image_scored_once": {
             "blocking": True
         },
@@ -180,8 +191,20 @@ EXPECTED = {
             "assets": ["chapter_bundle", "chapter_dialogue", "chapter_script", "scene_images"],
             "partitions": "dynamic:chapters"
         },
+        "night_scores_job": {
+            "assets": ["night_scores"],
+            "partitions": "daily(end_offset=1)"
+        },
+        "overnight_generation_job": {
+            "assets": ["generated_images"],
+            "partitions": "night=daily(end_offset=1)|queen=dynamic:queens"
+        },
         "overnight_job": {
             "assets": ["approved_images", "generated_images", "image_scores"],
+            "partitions": "night=daily(end_offset=1)|queen=dynamic:queens"
+        },
+        "overnight_publish_job": {
+            "assets": ["approved_images", "image_scores"],
             "partitions": "night=daily(end_offset=1)|queen=dynamic:queens"
         },
         "quality_report_job": {
@@ -204,7 +227,7 @@ EXPECTED = {
     "schedules": {
         "overnight_schedule": {
             "cron": "0 22 * * *",
-            "job": "overnight_job",
+            "job": "overnight_generation_job",
             "status": "RUNNING"
         }
     },
@@ -220,7 +243,11 @@ EXPECTED = {
         "quality_report_automation_sensor": {
             "kind": "AutomationConditionSensorDefinition",
             "status": "RUNNING",
-            "target": ["quality_report"]
+            "target": ["night_scores", "quality_report"]
+        },
+        "night_publish_sensor": {
+            "kind": "SensorDefinition",
+            "status": "RUNNING"
         },
         "low_approval_sensor": {
             "kind": "SensorDefinition",

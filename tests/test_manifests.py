@@ -164,7 +164,8 @@ def test_real_definitions_get_a_valid_manifest_for_each_gpu_step(tmp_path, helm)
     global_job = defs.resolve_implicit_global_asset_job_def()
     tagged = {key for key, node in render._op_nodes(global_job.graph) if WORKLOAD_TAG in node.tags}
     paths = render.render_manifests(defs, tmp_path, helm)
-    assert tagged == {"queen_lora", "generated_images", "image_scores", "voice_lines", "chapter_dialogue", "scene_images"}
+    # image_scores gates from night_scores' raw scores on the CPU; night_scores is the night's one scoring pod
+    assert tagged == {"queen_lora", "generated_images", "night_scores", "voice_lines", "chapter_dialogue", "scene_images"}
     assert set(paths) == tagged
     for path in paths.values():
         kubernetes_validate.validate(yaml.safe_load(path.read_text()), K8S_VERSIONS[-1], strict=True)

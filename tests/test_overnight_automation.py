@@ -172,9 +172,11 @@ def test_the_report_sensor_evaluates_the_reports_condition(tmp_path):
     defs = hydra_definitions(tmp_path)
     sensor = defs.resolve_sensor_def("quality_report_automation_sensor")
     assert isinstance(sensor, dg.AutomationConditionSensorDefinition)
-    assert sensor.asset_selection.resolve(defs.resolve_asset_graph()) == {dg.AssetKey("quality_report")}
+    assert sensor.asset_selection.resolve(defs.resolve_asset_graph()) == {dg.AssetKey("night_scores"), dg.AssetKey("quality_report")}
     condition = defs.resolve_asset_graph().get(dg.AssetKey("quality_report")).automation_condition
     assert condition.get_label() == "one report per night once its queens are done"
+    scoring = defs.resolve_asset_graph().get(dg.AssetKey("night_scores")).automation_condition
+    assert scoring.get_label() == "one scoring step per night once its queens are generated"
     freshness = defs.resolve_asset_graph().get(dg.AssetKey("quality_report")).freshness_policy
     # materialized between the 22:00 schedule and 07:00 the next morning, in the studio's timezone
     assert (freshness.deadline_cron, freshness.lower_bound_delta) == ("0 7 * * *", dt.timedelta(hours=9))

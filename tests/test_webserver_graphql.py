@@ -124,7 +124,8 @@ def test_launch_a_demo_partition_through_graphql_and_read_lineage(tmp_path):
             assert instance.get_materialized_partitions(dg.AssetKey("approved_images")) == {key}
         # lineage from a published image back to the queen's references
         assert lineage(port, "approved_images") == {"image_scores"}
-        assert lineage(port, "image_scores") == {"generated_images", "reference_identity"}
+        assert lineage(port, "image_scores") == {"generated_images", "night_scores", "reference_identity"}
+        assert lineage(port, "night_scores") == {"generated_images"}
         assert lineage(port, "generated_images") == {"queen_profile", "queen_lora"}
         assert lineage(port, "queen_lora") == {"reference_images", "reference_identity"}
     finally:

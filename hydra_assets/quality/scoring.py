@@ -1,10 +1,12 @@
 """image_scores: every image generated for a queen that night, scored in batches, gated and recorded.
 
 It reads the partition manifest that generated_images writes
-(``overnight/{night}/generated/{slug}/manifest.json``), scores the images with the configured
-backends, gates them and records the result (parquet + catalog + embedding store). The
-near-duplicate gate compares tonight's images with the queen's approved images of earlier nights
-as the embedding store finds them.
+(``overnight/{night}/generated/{slug}/manifest.json``), takes each image's model outputs from
+night_scores' raw-score file when its reuse keys match (the night's GPU work, done once for all
+queens), scores only what is missing with the configured backends, gates them and records the
+result (parquet + catalog + embedding store). The near-duplicate gate compares tonight's images
+with the queen's approved images of earlier nights as the embedding store finds them. A CPU
+step: with night_scores run first it loads no model.
 """
 
 import io
@@ -24,13 +26,13 @@ from hydra_assets.domain import quality
 from hydra_assets.domain import score_table as table
 from hydra_assets.domain.quality_report import group_summary
 from hydra_assets.domain.embeddings import EmbeddingStoreError
+from hydra_assets.domain.raw_scores import raw_scores_path, rows_by_id
 from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, sha256_file
 from hydra_assets.embedding_index import store_scored_images
 from hydra_assets.failures import load_queen
 from hydra_assets.generation_tasks import mark_quality_check
-from hydra_assets.gpu import gpu_asset_kwargs
 from hydra_assets.metadata import table as ui_table
-from hydra_assets.partition_mappings import BY_QUEEN, queen_and_night
+from hydra_assets.partition_mappings import BY_NIGHT, BY_QUEEN, queen_and_night
 from hydra_assets.partitions import queen_nights_partitions
 from hydra_assets.domain.damaged_files import DamagedFileError, read_identity_vector
 from hydra_assets.quality.inputs import read_generated_manifest, read_scores
@@ -108,14 +110,21 @@ def score_batch(
     aesthetic: AestheticScorer,
     technical: TechnicalScorer,
     face: FaceBackend,
-    identity: np.ndarray,
+    identity: np.ndarray | Sequence[np.ndarray],
 ) -> BatchScores:
-    """Every backend once over the whole batch; face match is the face most likely hers against the identity."""
+    """Every backend once over the whole batch; face match is the face most likely hers against the identity.
+
+    ``identity`` is one queen's vector, or one vector per image for a batch that crosses queens
+    (night_scores): the models see the whole batch either way, only the face choice is per image.
+    """
     aesthetic_scores, embeddings = aesthetic.score_and_embed(images)
     technical_scores = technical.score(images)
     copies = [face_analysis_copy(image) for image in images]
-    faces = face.embed_queen_faces(copies, identity)
-    face_scores = np.array([np.nan if f is None else float(face.similarity(f.embedding, identity)) for f in faces])
+    per_image = [identity] * len(images) if isinstance(identity, np.ndarray) and identity.ndim == 1 else list(identity)
+    faces = face.embed_queen_faces(copies, per_image)
+    face_scores = np.array(
+        [np.nan if f is None else float(face.similarity(f.embedding, ident)) for f, ident in zip(faces, per_image)]
+    )
     scales = [image.shape[1] / copy.shape[1] for image, copy in zip(images, copies)]
     return BatchScores(
         np.asarray(aesthetic_scores, dtype=np.float64),
@@ -134,8 +143,13 @@ class ImageScoresConfig(dg.Config):
     """Score every image again even where an earlier row with the same file and backends exists."""
 
 
-def _reuse_or_queue(rows: list[dict[str, Any]], previous_by_id: dict[str, dict], rescore: bool, log) -> tuple[list[int], int]:
-    """Hash every file; copy the scores of an unchanged row, queue the others. Returns (to score, reused)."""
+def _reuse_or_queue(
+    rows: list[dict[str, Any]], previous_by_id: dict[str, dict], rescore: bool, log, raw_by_id: dict[str, dict] | None = None
+) -> tuple[list[int], int]:
+    """Hash every file; copy the scores of an unchanged row, queue the others. Returns (to score, reused).
+
+    ``raw_by_id``: night_scores' rows for the partition, tried first; an earlier score row second.
+    """
     to_score: list[int] = []
     reused = 0
     for index, row in enumerate(rows):
@@ -147,9 +161,8 @@ def _reuse_or_queue(rows: list[dict[str, Any]], previous_by_id: dict[str, dict],
         row.update(file_hash=sha256_file(path), file_size=path.stat().st_size)
         if row["_manifest_sha256"] and row["_manifest_sha256"] != row["file_hash"]:
             log.warning(f"{row['queen']} {row['night']}: {path} differs from its manifest sha256; scoring the file as it is")
-        old = previous_by_id.get(row["image_id"])
-        unchanged = old is not None and all(old.get(k) == row.get(k) for k in table.REUSE_KEYS) and "face_det_score" in old
-        if not rescore and unchanged and not pd.isna(old[quality.AESTHETIC]):
+        old = next((o for o in ((raw_by_id or {}).get(row["image_id"]), previous_by_id.get(row["image_id"])) if reusable(o, row)), None)
+        if not rescore and old is not None:
             for column in (quality.AESTHETIC, quality.TECHNICAL, quality.FACE_MATCH, "embedding", "face_bbox", "face_det_score"):
                 row[column] = old[column]
             reused += 1
@@ -158,8 +171,22 @@ def _reuse_or_queue(rows: list[dict[str, Any]], previous_by_id: dict[str, dict],
     return to_score, reused
 
 
-def _score_rows(rows: list[dict[str, Any]], batch_size: int, backends: tuple, identity: np.ndarray, log) -> tuple[int, list[str]]:
-    """Decode and score ``rows`` in batches, in place; returns (scored, ids that could not be decoded)."""
+def reusable(old: dict | None, row: dict[str, Any]) -> bool:
+    """An earlier row (score table or raw scores) whose file, backends and identity are the row's, with scores."""
+    return (
+        old is not None
+        and all(old.get(k) == row.get(k) for k in table.REUSE_KEYS)
+        and "face_det_score" in old
+        and not pd.isna(old[quality.AESTHETIC])
+    )
+
+
+def _score_rows(
+    rows: list[dict[str, Any]], batch_size: int, backends: tuple, identity: np.ndarray | None, log
+) -> tuple[int, list[str]]:
+    """Decode and score ``rows`` in batches, in place; returns (scored, ids that could not be decoded).
+
+    ``identity`` None: each row carries its queen's vector under ``_identity`` (a batch across queens)."""
     aesthetic, technical, face = backends
     unreadable, scored = [], 0
     for start in range(0, len(rows), batch_size):
@@ -174,7 +201,8 @@ def _score_rows(rows: list[dict[str, Any]], batch_size: int, backends: tuple, id
                 unreadable.append(row["image_id"])
         if not loaded:
             continue
-        batch = score_batch(pixels, aesthetic, technical, face, identity)
+        identities = identity if identity is not None else [row["_identity"] for row in loaded]
+        batch = score_batch(pixels, aesthetic, technical, face, identities)
         for position, row in enumerate(loaded):
             row[quality.AESTHETIC] = float(batch.aesthetic[position])
             row[quality.TECHNICAL] = float(batch.technical[position])
@@ -182,7 +210,8 @@ def _score_rows(rows: list[dict[str, Any]], batch_size: int, backends: tuple, id
             row["embedding"] = batch.embeddings[position]
             row["face_bbox"], row["face_det_score"] = batch.face_boxes[position], float(batch.face_det_scores[position])
         scored += len(loaded)
-        log.info(f"{rows[0]['queen']} {rows[0]['night']}: scored {start + len(batch_rows)} of {len(rows)} images")
+        who = rows[0]["queen"] if identity is not None else "all queens"
+        log.info(f"{who} {rows[0]['night']}: scored {start + len(batch_rows)} of {len(rows)} images")
     return scored, unreadable
 
 
@@ -207,6 +236,7 @@ def _with_decisions(frame: pd.DataFrame, decisions: quality.Decisions, previous_
     group_name="quality",
     deps=[
         dg.AssetDep("generated_images"),
+        dg.AssetDep("night_scores", partition_mapping=BY_NIGHT),  # its raw scores, when it ran
         dg.AssetDep("reference_identity", partition_mapping=BY_QUEEN),
     ],
     kinds={"pytorch", "parquet"},
@@ -225,8 +255,8 @@ def _with_decisions(frame: pd.DataFrame, decisions: quality.Decisions, previous_
         ),
     ],
     description="Aesthetic, technical, face-match and composite scores of every image generated for the queen "
-    "that night, and the gate's decision with its first failed reason.",
-    **gpu_asset_kwargs("quality-scoring"),
+    "that night, and the gate's decision with its first failed reason. Scores come from night_scores' "
+    "raw-score file where its keys match; only what it lacks is scored here.",
 )
 def image_scores(
     context: dg.AssetExecutionContext,
@@ -265,7 +295,9 @@ def image_scores(
     rows = table.manifest_rows(manifest, layout, night, slug, context.log.warning)
     for row in rows:
         row.update(backends)
-    to_score, reused = _reuse_or_queue(rows, previous_by_id, config.rescore, context.log)
+    raw_by_id = rows_by_id(read_scores(raw_scores_path(layout, night, slug)))  # night_scores' batch, when it ran
+    to_score, reused = _reuse_or_queue(rows, previous_by_id, config.rescore, context.log, raw_by_id)
+    from_night = 0 if config.rescore else sum(reusable(raw_by_id.get(r["image_id"]), r) for r in rows)
     missing = [r["image_id"] for r in rows if r["file_hash"] is None]
     scored, undecodable = _score_rows(
         [rows[i] for i in to_score], config.batch_size, (aesthetic, technical, face), identity, context.log
@@ -314,6 +346,7 @@ def image_scores(
             "approval_rate": summary["approval_rate"] if summary["approval_rate"] is not None else 0.0,
             "scored": scored,
             "reused": reused,
+            "from_night_scores": from_night,
             "unreadable": dg.MetadataValue.json(sorted(missing + undecodable)),
             "failed_in_generation": len(manifest.get("failed") or []),
             "rejection_reasons": dg.MetadataValue.json(summary["rejection_reasons"]),
