@@ -104,7 +104,7 @@ def evaluate_queue(
 def build_generation_task_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDefinition:
     @dg.sensor(
         name=SENSOR_NAME,
-        job=overnight_job,
+        job_name=overnight_job.name,  # by name: the cluster builds its own (in-process) overnight_job
         minimum_interval_seconds=30,
         default_status=default_status,
         description="Turns queued generation tasks into overnight runs of their queen × tonight; retries failed runs.",

@@ -176,7 +176,7 @@ def test_cluster_voice_step_with_a_tts_server_gets_a_valid_cpu_only_manifest(tmp
 
     defs = build_definitions(cluster_resources(), env="cluster")
     paths = render.render_manifests(defs, tmp_path, helm)
-    assert set(paths) == {"queen_lora", "generated_images", "image_scores", "voice_lines", "chapter_dialogue", "scene_images"}
+    assert set(paths) == {"queen_lora", "generated_images", "night_scores", "voice_lines", "chapter_dialogue", "scene_images"}
     for step in ("voice_lines", "chapter_dialogue"):
         _assert_cpu_only_voice_step(yaml.safe_load(paths[step].read_text()))
     # The GPU steps are unchanged by the voice backend.

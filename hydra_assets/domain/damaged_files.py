@@ -163,6 +163,6 @@ def score_frame_problem(frame: Any, required: tuple[str, ...]) -> str | None:
         return f"lacks column(s) {', '.join(missing)}"
     if frame["image_id"].isna().any():
         return "has rows without an image_id"
-    if not frame["approved"].map(lambda v: isinstance(v, bool | np.bool_)).all():
+    if "approved" in required and not frame["approved"].map(lambda v: isinstance(v, bool | np.bool_)).all():
         return "has 'approved' values that are not true/false"
     return None

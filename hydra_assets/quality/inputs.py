@@ -1,5 +1,6 @@
 """What the quality assets read: the generated manifest and a partition's score table."""
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,9 @@ def read_generated_manifest(layout: StorageLayout, night: str, slug: str) -> dic
     return manifest
 
 
-def read_scores(path: Path) -> pd.DataFrame | None:
-    """A partition's scores, or None when there are none yet (or the file is unreadable or lacks what
-    its readers index: it is rewritten by image_scores)."""
+def read_scores(path: Path, columns: Sequence[str] = SCORE_FRAME_COLUMNS, writer: str = "image_scores") -> pd.DataFrame | None:
+    """A partition's scores (or night_scores' raw scores: ``columns``), or None when there are none yet
+    (or the file is unreadable or lacks what its readers index: ``writer`` rewrites it)."""
     if not path.is_file():
         return None
     try:
@@ -41,8 +42,8 @@ def read_scores(path: Path) -> pd.DataFrame | None:
     except (OSError, ValueError) as exc:  # pyarrow raises ArrowInvalid, a ValueError
         dg.get_dagster_logger().warning(f"{path} cannot be read ({exc}); every image is scored again")
         return None
-    problem = score_frame_problem(frame, SCORE_FRAME_COLUMNS)
-    if problem:  # hand-edited or written by something else: a cache of image_scores, rebuilt by re-scoring
-        dg.get_dagster_logger().warning(f"{path} {problem}; every image is scored again (re-materialize image_scores)")
+    problem = score_frame_problem(frame, columns)
+    if problem:  # hand-edited or written by something else: a cache, rebuilt by re-scoring
+        dg.get_dagster_logger().warning(f"{path} {problem}; every image is scored again (re-materialize {writer})")
         return None
     return frame

@@ -102,7 +102,7 @@ def night_scores(
     for slug in raw.night_queens(layout, night, table.MANIFEST_NAME):
         try:
             rows = _prepare_queen(layout, night, slug, backends, context.log)
-            previous = read_scores(raw.raw_scores_path(layout, night, slug))
+            previous = read_scores(raw.raw_scores_path(layout, night, slug), raw.RAW_COLUMNS, "night_scores")
             to_score, reused = _reuse_or_queue(rows, raw.rows_by_id(previous), config.rescore, context.log)
         except (dg.Failure, OSError, ValueError) as error:  # hers alone: the night goes on
             why = getattr(error, "description", None) or str(error)

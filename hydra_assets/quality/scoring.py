@@ -26,7 +26,7 @@ from hydra_assets.domain import quality
 from hydra_assets.domain import score_table as table
 from hydra_assets.domain.quality_report import group_summary
 from hydra_assets.domain.embeddings import EmbeddingStoreError
-from hydra_assets.domain.raw_scores import raw_scores_path, rows_by_id
+from hydra_assets.domain.raw_scores import RAW_COLUMNS, raw_scores_path, rows_by_id
 from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, sha256_file
 from hydra_assets.embedding_index import store_scored_images
 from hydra_assets.failures import load_queen
@@ -295,7 +295,7 @@ def image_scores(
     rows = table.manifest_rows(manifest, layout, night, slug, context.log.warning)
     for row in rows:
         row.update(backends)
-    raw_by_id = rows_by_id(read_scores(raw_scores_path(layout, night, slug)))  # night_scores' batch, when it ran
+    raw_by_id = rows_by_id(read_scores(raw_scores_path(layout, night, slug), RAW_COLUMNS, "night_scores"))  # night_scores' batch, when it ran
     to_score, reused = _reuse_or_queue(rows, previous_by_id, config.rescore, context.log, raw_by_id)
     from_night = 0 if config.rescore else sum(reusable(raw_by_id.get(r["image_id"]), r) for r in rows)
     missing = [r["image_id"] for r in rows if r["file_hash"] is None]
