@@ -1,7 +1,5 @@
 # The README's two commands: `make run` (set up, demo roster, dagster dev) and `make test`.
 PYTHON ?= python3
-# bash for `make run`'s job control
-SHELL := /bin/bash
 VENV ?= .venv
 BIN := $(VENV)/bin
 # torch is pinned to the CPU/CUDA build this machine keeps on disk; a newer one is a multi-GB download.
@@ -31,25 +29,18 @@ dagster-home:
 	mkdir -p $(DAGSTER_HOME)
 	cp instance/dagster.yaml $(DAGSTER_HOME)/dagster.yaml
 
-# `dg dev` (webserver + daemon, the project from [tool.dg] in pyproject.toml) with the review app
-# beside it. Job control (set -m) puts both in process groups of their own, so neither inherits an
-# ignored SIGINT; Ctrl-C or a SIGTERM to make reaches this shell's trap, which stops dg (it shuts
-# the webserver and daemon down) and then the review app.
+# `hydra dev`: `dg dev` (webserver + daemon, the project from [tool.dg] in pyproject.toml) with the
+# review app beside it; exec, so Ctrl-C and a SIGTERM to make reach it, and it stops both.
 run: install dagster-home
 	$(BIN)/hydra demo-data
-	@echo "Dagster UI: http://127.0.0.1:$(PORT)   review: http://127.0.0.1:$(REVIEW_PORT)"
-	@set -m; \
-	HYDRA_DAGSTER_URL=http://127.0.0.1:$(PORT) $(BIN)/hydra review --port $(REVIEW_PORT) & review=$$!; \
-	$(BIN)/dg dev -p $(PORT) & dg=$$!; \
-	trap 'kill -INT $$dg 2>/dev/null' INT TERM; \
-	wait $$dg; wait $$dg; kill $$review 2>/dev/null; wait $$review; true
+	exec $(BIN)/hydra dev --port $(PORT) --review-port $(REVIEW_PORT)
 
 review: install
 	HYDRA_DAGSTER_URL=http://127.0.0.1:$(PORT) $(BIN)/hydra review --port $(REVIEW_PORT)
 
 # Definitions load and validate (what CI and a reviewer run first).
 check-defs: install
-	$(BIN)/dg check defs
+	VIRTUAL_ENV=$(abspath $(VENV)) $(BIN)/dg check defs
 
 demo: install dagster-home
 	$(BIN)/hydra demo

@@ -230,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser(
         "demo", help="run every pipeline stage for the roster (HYDRA_* settings) headless and print a summary"
     )
+    dev = commands.add_parser("dev", help="the Dagster UI and daemon (dg dev) with the review app beside it")
+    dev.add_argument("--port", type=int, default=3000)
+    dev.add_argument("--review-port", type=int, default=SETTINGS.review_port)
     review = commands.add_parser("review", help="serve the morning review of the nights' images (HYDRA_* settings)")
     review.add_argument("--host", default="127.0.0.1")
     review.add_argument("--port", type=int, default=3100)
@@ -248,6 +251,10 @@ def main(argv: list[str] | None = None) -> int:
         return _request(args)
     if args.command == "review":
         return _run_review(args.host, args.port)
+    if args.command == "dev":
+        from hydra_assets.dev_server import run_dev
+
+        return run_dev(args.port, args.review_port)
     if args.command == "demo-data":
         return _write_demo_data(args.roster_dir, args.storage_root, force=args.force, chapters_dir=args.chapters_dir)
     return _run_demo(Path(SETTINGS.roster_dir), Path(SETTINGS.storage_root))
