@@ -75,7 +75,8 @@ def local_resources(settings: Settings = SETTINGS) -> dict[str, Any]:
         # A tiny diffusion model built in code: the real training loop, on CPU, in seconds.
         "lora_trainer": LoraTrainer(base_model="tiny", max_steps=50, max_resolution=64, batch_size=2, cpu_threads=1),
         "image_backend": DemoRenderer(),
-        **llm_resources(),  # embedded: template prompts, the writer's lines
+        # no endpoint (HYDRA_LLM_BASE_URL unset): template prompts and the writer's lines
+        **llm_resources(settings.llm_base_url, model=settings.llm_model),
         "aesthetic": ImageStatsAestheticProxy(),
         "technical": ClassicalTechnical(),
         "voice": EspeakBackend(loudness_target_lufs=settings.loudness_target_lufs),
@@ -112,7 +113,12 @@ def cluster_resources() -> dict[str, Any]:
             log_every=50,
         ),
         "image_backend": ComfyUIBackend(base_url=dg.EnvVar("HYDRA_COMFYUI_URL"), workflows_dir=SETTINGS.workflows_dir),
-        **llm_resources(dg.EnvVar("HYDRA_LLM_BASE_URL"), model=dg.EnvVar("HYDRA_LLM_MODEL"), api_key=dg.EnvVar("HYDRA_LLM_API_KEY")),
+        # the studio's LLM when the deployment names one; its key from the Secret
+        **llm_resources(
+            dg.EnvVar("HYDRA_LLM_BASE_URL") if SETTINGS.llm_base_url else None,
+            model=SETTINGS.llm_model,
+            api_key=dg.EnvVar("HYDRA_LLM_API_KEY"),
+        ),
         "aesthetic": LaionAesthetic(
             clip_checkpoint_path=dg.EnvVar("HYDRA_CLIP_CHECKPOINT"), mlp_path=dg.EnvVar("HYDRA_LAION_MLP")
         ),

@@ -132,3 +132,14 @@ def test_a_nights_gpu_pods_and_model_loads_do_not_grow_with_its_queens():
         assert (plan["night"]["gpu_pods"], plan["night"]["step_pods"], plan["night"]["scoring_model_loads"]) == (1, 1, 1)
     assert (large["today"]["gpu_pods"], large["today"]["step_pods"], large["today"]["scoring_model_loads"]) == (200, 300, 100)
     assert large["night"]["run_pods"] == 2 * 100 + 1
+
+
+def test_the_llm_endpoint_is_used_only_when_one_is_configured():
+    from hydra_assets.definitions import local_resources
+    from hydra_assets.settings import load_settings
+    from resources.llm import OpenAIPromptExpander, TemplatePromptExpander
+
+    base = {"HYDRA_NIGHTS_START": "2026-01-01"}
+    assert isinstance(local_resources(load_settings(base))["prompt_expander"], TemplatePromptExpander)
+    expander = local_resources(load_settings({**base, "HYDRA_LLM_BASE_URL": "http://127.0.0.1:5000", "HYDRA_LLM_MODEL": "m"}))["prompt_expander"]
+    assert isinstance(expander, OpenAIPromptExpander) and (expander.base_url, expander.model) == ("http://127.0.0.1:5000", "m")
