@@ -10,7 +10,7 @@ from its PNG parameter chunk, reference_images re-checks the photos, image_score
 from __future__ import annotations
 
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,18 +86,24 @@ def reference_manifest_problem(document: Any) -> str | None:
     return None
 
 
-def read_reference_manifest(path: Path, slug: str) -> dict[str, Any] | None:
-    """reference_images' manifest, or None when it does not exist yet."""
+def _checked_json(path: Path, fix: str, problem_of: Callable[[Any], str | None]) -> Any:
+    """The JSON document at ``path`` (None when absent), or a DamagedFileError naming ``fix``
+    when it cannot be read or ``problem_of`` finds something its readers cannot use."""
     try:
         document = read_json(path, default=ABSENT)
     except (OSError, ValueError) as exc:
-        raise DamagedFileError(path, f"cannot be read ({exc})", reference_fix(slug)) from exc
+        raise DamagedFileError(path, f"cannot be read ({exc})", fix) from exc
     if document is ABSENT:
         return None
-    problem = reference_manifest_problem(document)
+    problem = problem_of(document)
     if problem:
-        raise DamagedFileError(path, problem, reference_fix(slug))
+        raise DamagedFileError(path, problem, fix)
     return document
+
+
+def read_reference_manifest(path: Path, slug: str) -> dict[str, Any] | None:
+    """reference_images' manifest, or None when it does not exist yet."""
+    return _checked_json(path, reference_fix(slug), reference_manifest_problem)
 
 
 def generated_manifest_problem(document: Any) -> str | None:
@@ -145,15 +151,10 @@ def read_identity_vector(path: Path, slug: str) -> np.ndarray:
 
 def identity_document(path: Path, slug: str) -> dict[str, Any] | None:
     """reference_identity's identity.json (a mapping), or None when it does not exist yet."""
-    try:
-        document = read_json(path, default=ABSENT)
-    except (OSError, ValueError) as exc:
-        raise DamagedFileError(path, f"cannot be read ({exc})", identity_fix(slug)) from exc
-    if document is ABSENT:
-        return None
-    if not isinstance(document, Mapping):
-        raise DamagedFileError(path, f"must be a JSON object, got {type(document).__name__}", identity_fix(slug))
-    return document
+    return _checked_json(
+        path, identity_fix(slug),
+        lambda document: None if isinstance(document, Mapping) else f"must be a JSON object, got {type(document).__name__}",
+    )
 
 
 def score_frame_problem(frame: Any, required: tuple[str, ...]) -> str | None:
