@@ -18,12 +18,12 @@ from hydra_assets.domain.chapters import ChapterFileError, chapter_slug, parse_c
 from hydra_assets.domain.fingerprints import content_digest, fingerprint_files
 from hydra_assets.domain.roster import is_valid_slug
 from hydra_assets.partitions import CHAPTERS, QUEENS, chapters_partitions
+from hydra_assets.queen_profile import queen_profile
 from jobs import chapter_job
 from resources.chapters import ChapterScripts
 
 CURSOR_VERSION = 1
 CHAPTER_INDEX = dg.AssetKey("chapter_index")
-QUEEN_PROFILE = dg.AssetKey("queen_profile")
 
 chapter_index = dg.AssetSpec(
     CHAPTER_INDEX,
@@ -56,7 +56,7 @@ def build_chapters_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDe
         run_requests: list[dg.RunRequest] = []
         invalid: list[dict[str, str]] = []
         waiting: dict[str, list[str]] = {}
-        profiled = context.instance.get_materialized_partitions(QUEEN_PROFILE)
+        profiled = context.instance.get_materialized_partitions(queen_profile.key)
         queens = set(context.instance.get_dynamic_partitions(QUEENS))
 
         scripts, refused = scan_scripts(Path(chapter_scripts.chapters_dir))

@@ -25,13 +25,13 @@ from hydra_assets.domain.fingerprints import (
 )
 from hydra_assets.domain.roster import RosterError, is_valid_slug, load_queen, roster_files, slug_for_file
 from hydra_assets.partitions import QUEENS, queens_partitions
+from hydra_assets.queen_profile import queen_profile
 from jobs import queen_reference_job, queen_voice_job
 from resources.storage import HydraStorage
 
 CURSOR_VERSION = 2
 """2: per queen only digests (v1 kept every file's stats and grew with the reference folders)."""
 ROSTER_INDEX = dg.AssetKey("roster_index")
-QUEEN_PROFILE = dg.AssetKey("queen_profile")
 
 roster_index = dg.AssetSpec(
     ROSTER_INDEX,
@@ -102,7 +102,7 @@ def build_roster_sensor(default_status: dg.DefaultSensorStatus) -> dg.SensorDefi
         run_requests: list[dg.RunRequest] = []
         invalid: list[dict[str, str]] = []
         hashed = 0
-        profiled = context.instance.get_materialized_partitions(QUEEN_PROFILE)
+        profiled = context.instance.get_materialized_partitions(queen_profile.key)
 
         for path in roster_files(Path(storage.roster_dir)):
             slug = slug_for_file(path)

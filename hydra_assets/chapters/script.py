@@ -17,11 +17,11 @@ from hydra_assets.domain.chapters import ChapterFileError, parse_chapter
 from hydra_assets.domain.storage import StorageLayout, atomic_write_bytes, atomic_write_json, read_json
 from hydra_assets.metadata import markdown_table
 from hydra_assets.partitions import chapters_partitions
+from hydra_assets.queen_profile import queen_profile
 from resources.chapters import ChapterScripts
 from resources.storage import HydraStorage
 
 ASSET = "chapter_script"
-QUEEN_PROFILE = dg.AssetKey("queen_profile")
 CHECK = "script_valid"
 
 
@@ -36,7 +36,7 @@ def cast_lineage(instance: dg.DagsterInstance, layout: StorageLayout, cast: list
     for slug in cast:
         profile = read_json(layout.profile_path(slug)) or {}
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=QUEEN_PROFILE, asset_partitions=[slug]), limit=1
+            dg.AssetRecordsFilter(asset_key=queen_profile.key, asset_partitions=[slug]), limit=1
         ).records
         version = None
         if records and records[0].asset_materialization is not None:
