@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from hydra_assets.domain.contact_sheets import thumbnail_of
 from hydra_assets.domain.storage import atomic_write_bytes
 
 JPEG_QUALITY = 85
@@ -42,17 +43,14 @@ class ThumbnailCache:
         return data, False
 
     def render(self, path: Path) -> bytes | None:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(path) as image:
-                    image.draft("RGB", (self.size_px, self.size_px))
-                    image.thumbnail((self.size_px, self.size_px), Image.Resampling.LANCZOS, reducing_gap=2.0)
-                    rgb = image.convert("RGB")
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+        """The contact sheets' thumbnail (upright, RGB as the gate reads it) as JPEG; None when undecodable."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # a near-bomb is refused too
+            thumbnail = thumbnail_of(path, self.size_px)
+        if thumbnail is None:
             return None
         buffer = io.BytesIO()
-        rgb.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        thumbnail.convert("RGB").save(buffer, format="JPEG", quality=JPEG_QUALITY)
         return buffer.getvalue()
 
 
