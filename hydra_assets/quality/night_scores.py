@@ -21,7 +21,7 @@ from hydra_assets.gpu import gpu_asset_kwargs
 from hydra_assets.partition_mappings import BY_NIGHT
 from hydra_assets.partitions import nights_partitions
 from hydra_assets.quality.inputs import read_generated_manifest, read_scores
-from hydra_assets.quality.scoring import _reuse_or_queue, _score_rows, load_identity
+from hydra_assets.quality.scoring import load_identity, reuse_or_queue, score_rows
 from resources.face import FaceBackend
 from resources.scoring import AestheticScorer, TechnicalScorer
 from resources.storage import HydraStorage
@@ -103,7 +103,7 @@ def night_scores(
         try:
             rows = _prepare_queen(layout, night, slug, backends, context.log)
             previous = read_scores(raw.raw_scores_path(layout, night, slug), raw.RAW_COLUMNS, "night_scores")
-            to_score, reused = _reuse_or_queue(rows, raw.rows_by_id(previous), config.rescore, context.log)
+            to_score, reused = reuse_or_queue(rows, raw.rows_by_id(previous), config.rescore, context.log)
         except (dg.Failure, OSError, ValueError) as error:  # hers alone: the night goes on
             why = getattr(error, "description", None) or str(error)
             context.log.error(f"{slug} {night}: not scored: {why}")
@@ -114,7 +114,7 @@ def night_scores(
         queued += [rows[i] for i in to_score]
         status[slug] = {"status": raw.STATUS_SCORED, "images": len(rows), "reused": reused}
 
-    scored, undecodable = _score_rows(queued, config.batch_size, (aesthetic, technical, face), None, context.log)
+    scored, undecodable = score_rows(queued, config.batch_size, (aesthetic, technical, face), None, context.log)
     bad, queued_ids = set(undecodable), {id(r) for r in queued}
     for slug, rows in rows_of.items():
         frame = raw.raw_frame(rows)

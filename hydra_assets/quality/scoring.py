@@ -143,7 +143,7 @@ class ImageScoresConfig(dg.Config):
     """Score every image again even where an earlier row with the same file and backends exists."""
 
 
-def _reuse_or_queue(
+def reuse_or_queue(
     rows: list[dict[str, Any]], previous_by_id: dict[str, dict], rescore: bool, log, raw_by_id: dict[str, dict] | None = None
 ) -> tuple[list[int], int]:
     """Hash every file; copy the scores of an unchanged row, queue the others. Returns (to score, reused).
@@ -181,7 +181,7 @@ def reusable(old: dict | None, row: dict[str, Any]) -> bool:
     )
 
 
-def _score_rows(
+def score_rows(
     rows: list[dict[str, Any]], batch_size: int, backends: tuple, identity: np.ndarray | None, log
 ) -> tuple[int, list[str]]:
     """Decode and score ``rows`` in batches, in place; returns (scored, ids that could not be decoded).
@@ -296,10 +296,10 @@ def image_scores(
     for row in rows:
         row.update(backends)
     raw_by_id = rows_by_id(read_scores(raw_scores_path(layout, night, slug), RAW_COLUMNS, "night_scores"))  # night_scores' batch, when it ran
-    to_score, reused = _reuse_or_queue(rows, previous_by_id, config.rescore, context.log, raw_by_id)
+    to_score, reused = reuse_or_queue(rows, previous_by_id, config.rescore, context.log, raw_by_id)
     from_night = 0 if config.rescore else sum(reusable(raw_by_id.get(r["image_id"]), r) for r in rows)
     missing = [r["image_id"] for r in rows if r["file_hash"] is None]
-    scored, undecodable = _score_rows(
+    scored, undecodable = score_rows(
         [rows[i] for i in to_score], config.batch_size, (aesthetic, technical, face), identity, context.log
     )
 
